@@ -1,0 +1,330 @@
+"""NumPy reference: forward, BPTT (and truncated BPTT) and per-step hidden-state gradients.
+
+Written the way a performance engineer writes NumPy:
+- the input projection of all T steps is one ``(T·B, I) x (I, G·H)`` GEMM, hoisted out of the loop;
+- each step does one fused ``(B, H) x (H, G·H)`` GEMM for all gates, then in-place ufuncs on
+  preallocated buffers (``out=``), no Python loops over batch or hidden units;
+- the backward pass accumulates the weight gradients as two large GEMMs over all steps
+  (``dW_ih = dA^T X``, ``dW_hh = dA^T H_prev``) instead of T small ones.
+
+LSTM gates are permuted internally from PyTorch's (i, f, g, o) to (i, f, o, g) so that one
+sigmoid covers a contiguous 3H block; parameters and gradients stay canonical at the interface.
+
+Shapes: x ``(T, B, I)``, y ``(T, B, H)``, states ``(L, B, H)``. Only float32/float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from harness.params import Grads, LayerParams, Params
+from harness.spec import CellSpec, State, zero_state
+
+# LSTM: canonical gate order i,f,g,o -> internal i,f,o,g (and back).
+_LSTM_PERM = (0, 1, 3, 2)
+
+
+def _gate_perm(a: Optional[np.ndarray], H: int, perm) -> Optional[np.ndarray]:
+    if a is None:
+        return None
+    return np.concatenate([a[k * H:(k + 1) * H] for k in perm], axis=0)
+
+
+def _sigmoid_(a: np.ndarray) -> np.ndarray:
+    """In-place logistic: σ(a) = (1 + tanh(a/2)) / 2 — no overflow for large |a|, one transcendental."""
+    np.multiply(a, 0.5, out=a)
+    np.tanh(a, out=a)
+    np.multiply(a, 0.5, out=a)
+    np.add(a, 0.5, out=a)
+    return a
+
+
+@dataclass
+class _LayerCache:
+    """What one layer's forward keeps for its backward pass."""
+
+    x: np.ndarray                  # (T, B, I_l) layer input
+    h: np.ndarray                  # (T+1, B, H), h[0] = initial state
+    acts: np.ndarray               # (T, B, G*H) activated gates (RNN: unused, h itself suffices)
+    c: Optional[np.ndarray] = None       # LSTM (T+1, B, H)
+    tanh_c: Optional[np.ndarray] = None  # LSTM (T, B, H)
+    hn: Optional[np.ndarray] = None      # GRU (T, B, H): W_hn h + b_hn, needed for dr
+
+
+def _internal_weights(spec: CellSpec, lp: LayerParams):
+    """Weights in the internal gate order (only LSTM differs)."""
+    if spec.cell != "lstm":
+        return lp.w_ih, lp.w_hh, lp.b_ih, lp.b_hh
+    H = spec.hidden_size
+    return tuple(_gate_perm(a, H, _LSTM_PERM) for a in (lp.w_ih, lp.w_hh, lp.b_ih, lp.b_hh))
+
+
+def _layer_forward(spec: CellSpec, lp: LayerParams, x: np.ndarray, h0: np.ndarray,
+                   c0: Optional[np.ndarray], keep: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[_LayerCache]]:
+    """One layer over the whole sequence. Returns (y (T,B,H), h_T, c_T, cache)."""
+    T, B, I = x.shape
+    H, G = spec.hidden_size, spec.gates
+    dt = x.dtype
+    w_ih, w_hh, b_ih, b_hh = _internal_weights(spec, lp)
+    # Hoisted input projection: one GEMM for all steps. Biases folded in here (GRU keeps b_hh apart:
+    # r multiplies (W_hn h + b_hn), so b_hn must stay on the recurrent side).
+    xw = (x.reshape(T * B, I) @ w_ih.T).reshape(T, B, G * H)
+    if b_ih is not None:
+        xw += b_ih
+        if spec.cell != "gru":
+            xw += b_hh
+    w_hh_t = w_hh.T  # a transposed view; BLAS handles it without a copy
+    h = np.empty((T + 1, B, H), dtype=dt)
+    h[0] = h0
+    acts = xw  # activations overwrite the projections in place (the projections are not needed again)
+    hw = np.empty((B, G * H), dtype=dt)
+    cache = _LayerCache(x=x, h=h, acts=acts)
+
+    if spec.cell in ("rnn_tanh", "rnn_relu"):
+        for t in range(T):
+            np.matmul(h[t], w_hh_t, out=hw)
+            a = acts[t]
+            a += hw
+            if spec.cell == "rnn_tanh":
+                np.tanh(a, out=h[t + 1])
+            else:
+                np.maximum(a, 0, out=h[t + 1])
+        return h[1:], h[T], None, (cache if keep else None)
+
+    if spec.cell == "lstm":
+        c = np.empty((T + 1, B, H), dtype=dt)
+        c[0] = c0
+        tanh_c = np.empty((T, B, H), dtype=dt)
+        tmp = np.empty((B, H), dtype=dt)
+        for t in range(T):
+            np.matmul(h[t], w_hh_t, out=hw)
+            g = acts[t]
+            g += hw
+            _sigmoid_(g[:, :3 * H])            # i, f, o
+            np.tanh(g[:, 3 * H:], out=g[:, 3 * H:])  # g
+            i, f, o, gg = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
+            ct = c[t + 1]
+            np.multiply(f, c[t], out=ct)
+            np.multiply(i, gg, out=tmp)
+            ct += tmp
+            np.tanh(ct, out=tanh_c[t])
+            np.multiply(o, tanh_c[t], out=h[t + 1])
+        cache.c, cache.tanh_c = c, tanh_c
+        return h[1:], h[T], c[T], (cache if keep else None)
+
+    # GRU (PyTorch form): n = tanh(x_n + b_in + r * (W_hn h + b_hn)); h' = (1 - z) n + z h = n + z (h - n)
+    hn = np.empty((T, B, H), dtype=dt)
+    tmp = np.empty((B, H), dtype=dt)
+    for t in range(T):
+        np.matmul(h[t], w_hh_t, out=hw)
+        if b_hh is not None:
+            hw += b_hh
+        g = acts[t]
+        rz = g[:, :2 * H]
+        rz += hw[:, :2 * H]
+        _sigmoid_(rz)
+        r, z, n = g[:, :H], g[:, H:2 * H], g[:, 2 * H:]
+        hn[t] = hw[:, 2 * H:]
+        np.multiply(r, hn[t], out=tmp)
+        n += tmp
+        np.tanh(n, out=n)
+        np.subtract(h[t], n, out=tmp)
+        tmp *= z
+        np.add(n, tmp, out=h[t + 1])
+    cache.hn = hn
+    return h[1:], h[T], None, (cache if keep else None)
+
+
+def forward(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State] = None,
+            keep: bool = False) -> Tuple[np.ndarray, State, Optional[List[_LayerCache]]]:
+    """Run all layers. Returns ``(y (T,B,H), final_state, caches or None)``. Inputs must be validated."""
+    T, B, _ = x.shape
+    dt = x.dtype
+    if state is None:
+        state = zero_state(spec, B, dt)
+    hs, cs = (state if spec.is_lstm else (state, None))
+    h_out = np.empty(spec.state_shape(B), dtype=dt)
+    c_out = np.empty(spec.state_shape(B), dtype=dt) if spec.is_lstm else None
+    caches = [] if keep else None
+    inp = x
+    for l, lp in enumerate(params.layers):
+        y, hT, cT, cache = _layer_forward(spec, lp, inp, hs[l], None if cs is None else cs[l], keep)
+        h_out[l] = hT
+        if c_out is not None:
+            c_out[l] = cT
+        if keep:
+            caches.append(cache)
+        inp = y
+    final = (h_out, c_out) if spec.is_lstm else h_out
+    return inp, final, caches
+
+
+def _layer_backward(spec: CellSpec, lp: LayerParams, cache: _LayerCache, dy: Optional[np.ndarray],
+                    dh_T: np.ndarray, dc_T: Optional[np.ndarray], truncation: Optional[int],
+                    record: bool = False):
+    """BPTT through one layer.
+
+    Args:
+        dy: cotangent of this layer's outputs h_1..h_T ``(T, B, H)``, or None for zero.
+        dh_T, dc_T: cotangents of the final state.
+        truncation: k for truncated BPTT (the recurrent adjoint is cut every k steps, counted from t=0),
+            None for full BPTT.
+        record: also return the total adjoint of every h_t (and c_t) — for :func:`hidden_grads`.
+
+    Returns ``(dx (T,B,I), LayerParams grads (canonical order), dh0, dc0, dh_all, dc_all)``.
+    """
+    x, h, acts = cache.x, cache.h, cache.acts
+    T, B, I = x.shape
+    H, G = spec.hidden_size, spec.gates
+    dt = x.dtype
+    w_ih, w_hh, b_ih, b_hh = _internal_weights(spec, lp)
+    # dA: gradient of the pre-activations on the input side; dR: on the recurrent side (differs for GRU).
+    dA = np.empty((T, B, G * H), dtype=dt)
+    dR = dA if spec.cell != "gru" else np.empty((T, B, G * H), dtype=dt)
+    dh = np.array(dh_T, dtype=dt, copy=True)
+    dc = np.array(dc_T, dtype=dt, copy=True) if spec.is_lstm else None
+    dh_all = np.empty((T, B, H), dtype=dt) if record else None
+    dc_all = np.empty((T, B, H), dtype=dt) if (record and spec.is_lstm) else None
+    tmp = np.empty((B, H), dtype=dt)
+    tmp3 = np.empty((B, 3 * H), dtype=dt) if spec.is_lstm else None
+
+    for t in range(T - 1, -1, -1):
+        if dy is not None:
+            dh += dy[t]
+        if record:
+            dh_all[t] = dh
+        if spec.cell in ("rnn_tanh", "rnn_relu"):
+            da = dA[t]
+            if spec.cell == "rnn_tanh":
+                np.multiply(h[t + 1], h[t + 1], out=da)
+                np.subtract(1, da, out=da)
+                da *= dh
+            else:
+                np.multiply(dh, h[t + 1] > 0, out=da)
+            direct = None
+        elif spec.cell == "lstm":
+            g = acts[t]
+            i, f, o, gg = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
+            tc = cache.tanh_c[t]
+            da = dA[t]
+            d_i, d_f, d_o, d_g = da[:, :H], da[:, H:2 * H], da[:, 2 * H:3 * H], da[:, 3 * H:]
+            # dc += dh * o * (1 - tanh(c)^2)
+            np.multiply(tc, tc, out=tmp)
+            np.subtract(1, tmp, out=tmp)
+            tmp *= o
+            tmp *= dh
+            dc += tmp
+            if record:
+                dc_all[t] = dc
+            np.multiply(dh, tc, out=d_o)
+            np.multiply(dc, gg, out=d_i)
+            np.multiply(dc, i, out=d_g)
+            np.multiply(dc, cache.c[t], out=d_f)
+            # sigmoid' = s(1-s) on the i,f,o block; tanh' = 1-g^2 on g
+            sig = g[:, :3 * H]
+            np.subtract(1, sig, out=tmp3)
+            tmp3 *= sig
+            da[:, :3 * H] *= tmp3
+            np.multiply(gg, gg, out=tmp)
+            np.subtract(1, tmp, out=tmp)
+            d_g *= tmp
+            dc *= f  # carry to c_{t-1}
+            direct = None
+        else:  # gru
+            g = acts[t]
+            r, z, n = g[:, :H], g[:, H:2 * H], g[:, 2 * H:]
+            da, dr_ = dA[t], dR[t]
+            d_r, d_z, d_n = da[:, :H], da[:, H:2 * H], da[:, 2 * H:]
+            # dn_pre = dh * (1 - z) * (1 - n^2)
+            np.multiply(n, n, out=tmp)
+            np.subtract(1, tmp, out=tmp)
+            np.subtract(1, z, out=d_n)
+            d_n *= tmp
+            d_n *= dh
+            # dz_pre = dh * (h - n) * z (1 - z)
+            np.subtract(h[t], n, out=d_z)
+            d_z *= dh
+            np.subtract(1, z, out=tmp)
+            tmp *= z
+            d_z *= tmp
+            # dr_pre = dn_pre * hn * r (1 - r)
+            np.multiply(d_n, cache.hn[t], out=d_r)
+            np.subtract(1, r, out=tmp)
+            tmp *= r
+            d_r *= tmp
+            dr_[:, :2 * H] = da[:, :2 * H]
+            np.multiply(d_n, r, out=dr_[:, 2 * H:])
+            direct = np.multiply(dh, z)
+        # dh_{t-1} = dR_t W_hh (+ z dh for GRU); cut at truncation boundaries
+        if truncation is not None and t % truncation == 0 and t > 0:
+            dh.fill(0)
+            if dc is not None:
+                dc.fill(0)
+        else:
+            np.matmul(dR[t], w_hh, out=dh)
+            if direct is not None:
+                dh += direct
+    # Weight gradients: two big GEMMs over all steps.
+    dA2 = dA.reshape(T * B, G * H)
+    dR2 = dR.reshape(T * B, G * H)
+    gw_ih = dA2.T @ x.reshape(T * B, I)
+    gw_hh = dR2.T @ h[:-1].reshape(T * B, H)
+    dx = (dA2 @ w_ih).reshape(T, B, I)
+    grads = {"w_ih": gw_ih, "w_hh": gw_hh}
+    if b_ih is not None:
+        grads["b_ih"] = dA2.sum(axis=0)
+        grads["b_hh"] = dR2.sum(axis=0)
+    dh0 = dh
+    if spec.cell == "lstm":
+        grads = {k: _gate_perm(v, H, _LSTM_PERM) for k, v in grads.items()}  # the permutation is an involution
+    return dx, LayerParams(**grads), dh0, dc, dh_all, dc_all
+
+
+def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], dy: Optional[np.ndarray],
+        d_final_state: Optional[State], truncation: Optional[int] = None) -> Grads:
+    """BPTT (or truncated BPTT with ``truncation=k``) vector-Jacobian product. Inputs must be validated.
+
+    L = Σ_t <dy_t, y_t> + <dh_T, h_T> (+ <dc_T, c_T>); returns dL/dθ, dL/dx and dL/d(initial state).
+    """
+    T, B, _ = x.shape
+    dt = x.dtype
+    _, _, caches = forward(spec, params, x, state, keep=True)
+    if d_final_state is None:
+        d_final_state = zero_state(spec, B, dt)
+    dhs, dcs = (d_final_state if spec.is_lstm else (d_final_state, None))
+    dh0 = np.empty(spec.state_shape(B), dtype=dt)
+    dc0 = np.empty(spec.state_shape(B), dtype=dt) if spec.is_lstm else None
+    layer_grads: List[LayerParams] = [None] * spec.num_layers
+    d_out = dy
+    for l in range(spec.num_layers - 1, -1, -1):
+        dx, lg, dh_l, dc_l, _, _ = _layer_backward(spec, params.layers[l], caches[l], d_out, dhs[l],
+                                                  None if dcs is None else dcs[l], truncation)
+        layer_grads[l] = lg
+        dh0[l] = dh_l
+        if dc0 is not None:
+            dc0[l] = dc_l
+        d_out = dx
+    dstate = (dh0, dc0) if spec.is_lstm else dh0
+    return Grads(params=Params(layer_grads), dx=d_out, dstate=dstate)
+
+
+def hidden_grads(spec: CellSpec, params: Params, x: np.ndarray, dh_T: np.ndarray,
+                 return_cell: bool = False):
+    """Total derivative ∂L/∂h_t of the last layer's hidden state for every step, L = <dh_T, h_T>.
+
+    Index ``t`` of the result (``(T, B, H)``) is the state after step t+1, so ``[-1]`` equals ``dh_T``.
+    With ``return_cell`` (LSTM only) also returns ∂L/∂c_t as a second array.
+    """
+    T, B, _ = x.shape
+    _, _, caches = forward(spec, params, x, None, keep=True)
+    last = spec.num_layers - 1
+    dc_T = np.zeros_like(dh_T) if spec.is_lstm else None
+    _, _, _, _, dh_all, dc_all = _layer_backward(spec, params.layers[last], caches[last], None, dh_T, dc_T,
+                                                 None, record=True)
+    if return_cell:
+        if not spec.is_lstm:
+            raise ValueError(f"return_cell: only an LSTM has a cell state; got cell={spec.cell!r}")
+        return dh_all, dc_all
+    return dh_all

@@ -1,0 +1,124 @@
+"""What every suite provides: named presets -> :class:`Case` objects -> rows.
+
+A suite module defines one :class:`Suite` subclass with
+
+- ``name`` and ``presets`` (at least ``smoke``, ``quick``, ``full``);
+- ``cases(preset, backends, device) -> list[Case]``: pure, cheap, deterministic (no framework import);
+- ``run(case, ctx) -> Iterator[row]``: measures one case through the backend interface and yields rows
+  built with :func:`harness.records.make_row` (``case.row(...)`` does that), one per measurement,
+  *as each is finished* — the runner writes each to disk before the next one is measured.
+
+The runner (``harness.runner``) executes ``run`` in a worker process per backend family, with
+timeouts, and records crashes as rows. The same ``run`` is called by the asv classes, so there is
+one implementation of every measurement.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
+
+from harness.records import make_row
+
+SUITE_MODULES = {"throughput": "suites.throughput", "memory": "suites.memory",
+                 "gradients": "suites.gradients", "ctc": "suites.ctc"}
+PRESETS = ("smoke", "quick", "full")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One unit of work of a suite: a backend on a device with a shape and suite-specific settings.
+
+    ``name`` identifies the case within its suite (e.g. ``lstm-L1-B64-T100-I256-H256-float32``);
+    ``settings`` holds suite-specific knobs (``algorithm``, ``rho``, ...) and goes into every row's ``extra``.
+    """
+
+    suite: str
+    name: str
+    backend: str
+    device: str = "cpu"
+    cell: Optional[str] = None
+    layers: Optional[int] = None
+    batch: Optional[int] = None
+    seq_len: Optional[int] = None
+    input_size: Optional[int] = None
+    hidden_size: Optional[int] = None
+    dtype: Optional[str] = None
+    settings: Dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        """Unique within a run: what ``--resume`` looks for."""
+        return f"{self.suite}/{self.backend}/{self.device}/{self.name}"
+
+    @property
+    def family(self) -> str:
+        """The backend family (numpy/torch/jax/plug-in): cases of one family share a worker process."""
+        return self.backend.split("-")[0] if ":" not in self.backend else self.backend
+
+    def fields(self) -> Dict[str, Any]:
+        return {"suite": self.suite, "case": self.name, "backend": self.backend, "variant": self.backend,
+                "device": self.device, "dtype": self.dtype, "cell": self.cell, "layers": self.layers,
+                "batch": self.batch, "seq_len": self.seq_len, "input_size": self.input_size,
+                "hidden_size": self.hidden_size}
+
+    def row(self, metric: str, value: Optional[float], unit: str, **kw: Any) -> Dict[str, Any]:
+        """A row of this case; ``settings`` are merged into ``extra`` (explicit keywords win)."""
+        extra = {**self.settings, **{k: v for k, v in kw.items() if k not in _ROW_KW}}
+        main = {k: v for k, v in kw.items() if k in _ROW_KW}
+        return make_row(self.fields(), metric, value, unit, **main, **extra)
+
+    def spec(self):
+        """The :class:`~harness.spec.CellSpec` of this case."""
+        from harness.spec import CellSpec
+        return CellSpec(self.cell, self.input_size, self.hidden_size, self.layers or 1)
+
+
+_ROW_KW = ("samples", "q25", "q75", "n", "status", "reason")
+
+
+@dataclass
+class RunContext:
+    """What the runner tells a suite about this run."""
+
+    seed: int = 0
+    threads: Optional[int] = None
+    budget_s: Optional[float] = None  # seconds of timed repeats per measurement (None: the suite's default)
+    preset: str = "quick"
+    run_dir: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+class Suite:
+    """Base class of a suite. Subclasses override ``name``, ``presets``, ``cases`` and ``run``."""
+
+    name: str = "base"
+    presets = PRESETS
+
+    def check_preset(self, preset: str) -> None:
+        if preset not in self.presets:
+            raise ValueError(f"preset: got {preset!r}; allowed for suite {self.name!r}: {', '.join(self.presets)}")
+
+    def cases(self, preset: str, backends: List[str], device: str = "cpu") -> List[Case]:
+        raise NotImplementedError
+
+    def run(self, case: Case, ctx: RunContext) -> Iterator[Dict[str, Any]]:
+        raise NotImplementedError
+
+
+def get_suite(name: str) -> Suite:
+    """The suite called ``name``; ``ValueError`` listing the known ones otherwise."""
+    if name not in SUITE_MODULES:
+        raise ValueError(f"suite: got {name!r}; allowed: {', '.join(SUITE_MODULES)}")
+    module = importlib.import_module(SUITE_MODULES[name])
+    return module.SUITE
+
+
+def existing_suites() -> List[str]:
+    """The suites whose module is present in this tree."""
+    out = []
+    for name, mod in SUITE_MODULES.items():
+        if importlib.util.find_spec(mod) is not None:
+            out.append(name)
+    return out
