@@ -1,0 +1,183 @@
+"""``rnnbench compare`` on synthetic run directories: verdicts, deterministic metrics, bad input."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+pytest.importorskip("pandas")
+
+from harness import compare  # noqa: E402
+from harness.cli import main  # noqa: E402
+from harness.records import RowWriter, make_row, write_meta  # noqa: E402
+
+MACHINE = {"cpu": "Test CPU", "cores": 2}
+
+
+def _fields(case: str, backend: str = "numpy", suite: str = "throughput") -> dict:
+    return {"suite": suite, "case": case, "backend": backend, "variant": backend, "device": "cpu",
+            "dtype": "float32", "cell": "lstm"}
+
+
+def make_run(path, rows, preset="smoke", machine=MACHINE) -> str:
+    """A run directory holding ``rows`` (dicts from make_row) and a meta.json."""
+    path = str(path)
+    with RowWriter(path, "run") as w:
+        for r in rows:
+            w.write(r)
+    write_meta(path, {"preset": preset, "machine": machine, "run_id": os.path.basename(path)})
+    return path
+
+
+def timed(case: str, median_ms: float, seed: int, n: int = 40, spread: float = 0.02, **kw) -> dict:
+    rng = np.random.default_rng(seed)
+    s = median_ms * (1 + spread * rng.standard_normal(n))
+    return make_row(_fields(case), kw.pop("metric", "fwd_ms"), float(np.median(s)), "ms", samples=s, mode="fwd", **kw)
+
+
+def exact(case: str, metric: str, value: float, unit: str = "rel", **kw) -> dict:
+    return make_row(_fields(case), metric, value, unit, **kw)
+
+
+def run_cli(*argv) -> int:
+    return main(["compare", *map(str, argv)])
+
+
+def test_clear_slowdown_is_detected_and_exits_1(tmp_path, capsys):
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 1), timed("gru-s", 1.0, 2)])
+    new = make_run(tmp_path / "b", [timed("lstm-s", 1.3, 3), timed("gru-s", 1.0, 4)])
+    md = tmp_path / "out.md"
+    fig = tmp_path / "fig.png"
+    assert run_cli(base, new, "--markdown", md, "--figure", fig) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "lstm-s" in out
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    by_case = {r.label["case"]: r for r in rep.rows}
+    assert by_case["lstm-s"].verdict == "slower"
+    assert 1.2 < by_case["lstm-s"].ratio < 1.4
+    assert by_case["lstm-s"].ci_lo > 1.1 and by_case["lstm-s"].p < 1e-6
+    assert by_case["gru-s"].verdict == "same"
+    g, k = rep.geomeans()["throughput"]
+    assert k == 2 and 1.05 < g < 1.2
+    text = md.read_text()
+    assert "| lstm-s [mode=fwd] |" in text and "**slower**" in text
+    assert fig.stat().st_size > 1000
+
+
+def test_identical_distributions_are_same_and_exit_0(tmp_path, capsys):
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 5)])
+    new = make_run(tmp_path / "b", [timed("lstm-s", 1.0, 6)])
+    assert run_cli(base, new) == 0
+    assert "OK: no regression" in capsys.readouterr().out
+
+
+def test_faster_and_rates_are_normalised(tmp_path):
+    rng = np.random.default_rng(0)
+    rate_b = make_row(_fields("c"), "ceiling_gflops", 10.0, "GFLOP/s", samples=10 * (1 + 0.01 * rng.standard_normal(30)))
+    rate_n = make_row(_fields("c"), "ceiling_gflops", 5.0, "GFLOP/s", samples=5 * (1 + 0.01 * rng.standard_normal(30)))
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 7), rate_b])
+    new = make_run(tmp_path / "b", [timed("lstm-s", 0.7, 8), rate_n])
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    by = {r.label["metric"]: r for r in rep.rows}
+    assert by["fwd_ms"].verdict == "faster"
+    # half the GFLOP/s is twice as slow: normalised ratio about 2, verdict slower
+    assert by["ceiling_gflops"].verdict == "slower" and 1.9 < by["ceiling_gflops"].ratio < 2.1
+
+
+def test_deterministic_error_beyond_tolerance_fails(tmp_path, capsys):
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 9), exact("lstm-s", "equiv_error", 1e-7, tol=1e-4)])
+    new = make_run(tmp_path / "b", [timed("lstm-s", 1.0, 10), exact("lstm-s", "equiv_error", 3e-4, tol=1e-4)])
+    assert run_cli(base, new) == 1
+    out = capsys.readouterr().out
+    assert "equiv_error" in out and "worse" in out
+    # a small change of a tiny error is not a regression
+    new2 = make_run(tmp_path / "c", [timed("lstm-s", 1.0, 11), exact("lstm-s", "equiv_error", 2e-7, tol=1e-4)])
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new2))
+    assert [r.verdict for r in rep.rows if r.kind == "exact"] == ["same"]
+
+
+def test_exact_rules():
+    assert compare.judge_exact("rtrl_bytes", "bytes", 1_000_000, 1_000_100, None)[0] == "same"
+    assert compare.judge_exact("rtrl_bytes", "bytes", 1_000_000, 1_500_000, None)[0] == "worse"
+    assert compare.judge_exact("check_fd", "", 1, 0, None)[0] == "worse"
+    assert compare.judge_exact("ctc_max_error", "", 1e-13, 5e-13, "float64")[0] == "same"
+    assert compare.judge_exact("ctc_max_error", "", 1e-13, 1e-6, "float64")[0] == "worse"
+    assert compare.judge_exact("ctc_max_error", "", 1e-13, float("nan"), "float64")[0] == "worse"
+    assert compare.judge_exact("decay_rate", "1/step", 0.5, 0.6, None)[0] == "changed"
+
+
+def test_mismatched_machines_warn_and_judge_only_exact(tmp_path, capsys):
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 12), exact("lstm-s", "equiv_error", 1e-7)])
+    new = make_run(tmp_path / "b", [timed("lstm-s", 2.0, 13), exact("lstm-s", "equiv_error", 1e-7)],
+                   machine={"cpu": "Other CPU", "cores": 64})
+    assert run_cli(base, new) == 0  # the 2x is across machines: not comparable, not a regression
+    cap = capsys.readouterr()
+    assert "different machines" in cap.err and "not comparable" in cap.out
+    # with nothing deterministic to fall back on, nothing is comparable: exit 2
+    b2 = make_run(tmp_path / "c", [timed("lstm-s", 1.0, 14)])
+    n2 = make_run(tmp_path / "d", [timed("lstm-s", 1.0, 15)], machine={"cpu": "Other CPU", "cores": 64})
+    assert run_cli(b2, n2) == 2
+    assert "different machines" in capsys.readouterr().err
+
+
+def test_mismatched_presets_compare_the_common_cases(tmp_path, capsys):
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 16), timed("only-base", 1.0, 17)], preset="smoke")
+    new = make_run(tmp_path / "b", [timed("lstm-s", 1.0, 18), timed("only-new", 1.0, 19)], preset="quick")
+    assert run_cli(base, new) == 0
+    cap = capsys.readouterr()
+    assert "different presets" in cap.err and "only in BASE" in cap.err
+    assert "only-base" not in cap.out
+    b2 = make_run(tmp_path / "c", [timed("x", 1.0, 20)], preset="smoke")
+    n2 = make_run(tmp_path / "d", [timed("y", 1.0, 21)], preset="quick")
+    assert run_cli(b2, n2) == 2
+    assert "nothing to compare" in capsys.readouterr().err
+
+
+def test_no_samples_and_missing_dir_exit_2(tmp_path, capsys):
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 22)])
+    nos = make_run(tmp_path / "b", [make_row(_fields("lstm-s"), "fwd_ms", 1.0, "ms", mode="fwd")])
+    assert run_cli(base, nos) == 2
+    assert "no raw samples" in capsys.readouterr().err
+    assert run_cli(base, tmp_path / "missing") == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli(base, empty) == 2
+    assert "rows.jsonl" in capsys.readouterr().err
+    assert run_cli(base, base, "--threshold", "0.9") == 2
+
+
+def test_error_status_becomes_worse(tmp_path):
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 23), timed("gru-s", 1.0, 24)])
+    bad = make_row(_fields("gru-s"), "fwd_ms", None, "ms", status="error", reason="boom", mode="fwd")
+    new = make_run(tmp_path / "b", [timed("lstm-s", 1.0, 25), bad])
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    assert {r.label["case"]: r.verdict for r in rep.rows} == {"lstm-s": "same", "gru-s": "worse"}
+
+
+def _asv_file(path, value, ci, machine="m1"):
+    data = {"commit_hash": "abc123", "env_name": "existing-py", "params": {"machine": machine},
+            "result_columns": ["result", "params", "version", "started_at", "duration", "stats_ci_99_a",
+                               "stats_ci_99_b", "stats_q_25", "stats_q_75", "stats_number", "stats_repeat",
+                               "samples", "profile"],
+            "results": {"bench.TimeThroughput.time_forward": [[value, None], [["'numpy'"], ["'lstm'", "'gru'"]],
+                                                              "v", 0, 1.0, [ci[0], None], [ci[1], None],
+                                                              None, None, None, None, None, None],
+                        "bench.Track.track_ctc_max_error": [[1e-12], [], "v", 0, 1.0]},
+            "version": 2}
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_asv_result_files(tmp_path, capsys):
+    a = _asv_file(tmp_path / "a.json", 1e-3, (0.95e-3, 1.05e-3))
+    b = _asv_file(tmp_path / "b.json", 2e-3, (1.9e-3, 2.1e-3))
+    assert run_cli(a, b) == 1
+    out = capsys.readouterr().out
+    assert "time_forward" in out and "slower" in out and "CIs apart" in out
+    assert run_cli(a, _asv_file(tmp_path / "c.json", 1.01e-3, (0.96e-3, 1.06e-3))) == 0
+    capsys.readouterr()
+    assert run_cli(a, tmp_path) == 2  # an asv file against a directory
