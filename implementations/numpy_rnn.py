@@ -21,6 +21,7 @@ import numpy as np
 
 from harness.params import Grads, LayerParams, Params
 from harness.spec import CellSpec, State, zero_state
+from implementations.batch_parallel import batch_parallel
 
 # LSTM: canonical gate order i,f,g,o -> internal i,f,o,g (and back).
 _LSTM_PERM = (0, 1, 3, 2)
@@ -61,6 +62,56 @@ def _internal_weights(spec: CellSpec, lp: LayerParams):
     return tuple(_gate_perm(a, H, _LSTM_PERM) for a in (lp.w_ih, lp.w_hh, lp.b_ih, lp.b_hh))
 
 
+def _forward_steps(spec: CellSpec, w_hh_t: np.ndarray, b_hh: Optional[np.ndarray], acts: np.ndarray,
+                   h: np.ndarray, c: Optional[np.ndarray], tanh_c: Optional[np.ndarray],
+                   hn: Optional[np.ndarray]) -> None:
+    """The recurrence over all T steps for one slice of the batch (all arrays are views of that slice).
+
+    ``acts`` holds the hoisted input projections on entry and the activated gates on exit.
+    """
+    T, B, GH = acts.shape
+    H = spec.hidden_size
+    dt = acts.dtype
+    hw = np.empty((B, GH), dtype=dt)
+    tmp = np.empty((B, H), dtype=dt)
+    cell = spec.cell
+    for t in range(T):
+        np.matmul(h[t], w_hh_t, out=hw)
+        g = acts[t]
+        if cell == "rnn_tanh":
+            g += hw
+            np.tanh(g, out=h[t + 1])
+        elif cell == "rnn_relu":
+            g += hw
+            np.maximum(g, 0, out=h[t + 1])
+        elif cell == "lstm":
+            g += hw
+            _sigmoid_(g[:, :3 * H])                   # i, f, o
+            np.tanh(g[:, 3 * H:], out=g[:, 3 * H:])  # g
+            i, f, o, gg = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
+            ct = c[t + 1]
+            np.multiply(f, c[t], out=ct)
+            np.multiply(i, gg, out=tmp)
+            ct += tmp
+            np.tanh(ct, out=tanh_c[t])
+            np.multiply(o, tanh_c[t], out=h[t + 1])
+        else:
+            # GRU (PyTorch form): n = tanh(x_n + b_in + r * (W_hn h + b_hn)); h' = n + z (h - n)
+            if b_hh is not None:
+                hw += b_hh
+            rz = g[:, :2 * H]
+            rz += hw[:, :2 * H]
+            _sigmoid_(rz)
+            r, z, n = g[:, :H], g[:, H:2 * H], g[:, 2 * H:]
+            hn[t] = hw[:, 2 * H:]
+            np.multiply(r, hn[t], out=tmp)
+            n += tmp
+            np.tanh(n, out=n)
+            np.subtract(h[t], n, out=tmp)
+            tmp *= z
+            np.add(n, tmp, out=h[t + 1])
+
+
 def _layer_forward(spec: CellSpec, lp: LayerParams, x: np.ndarray, h0: np.ndarray,
                    c0: Optional[np.ndarray], keep: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[_LayerCache]]:
     """One layer over the whole sequence. Returns (y (T,B,H), h_T, c_T, cache)."""
@@ -68,8 +119,8 @@ def _layer_forward(spec: CellSpec, lp: LayerParams, x: np.ndarray, h0: np.ndarra
     H, G = spec.hidden_size, spec.gates
     dt = x.dtype
     w_ih, w_hh, b_ih, b_hh = _internal_weights(spec, lp)
-    # Hoisted input projection: one GEMM for all steps. Biases folded in here (GRU keeps b_hh apart:
-    # r multiplies (W_hn h + b_hn), so b_hn must stay on the recurrent side).
+    # Hoisted input projection: one GEMM for all steps (multi-threaded BLAS). Biases folded in here
+    # (GRU keeps b_hh apart: r multiplies (W_hn h + b_hn), so b_hn must stay on the recurrent side).
     xw = (x.reshape(T * B, I) @ w_ih.T).reshape(T, B, G * H)
     if b_ih is not None:
         xw += b_ih
@@ -79,62 +130,22 @@ def _layer_forward(spec: CellSpec, lp: LayerParams, x: np.ndarray, h0: np.ndarra
     h = np.empty((T + 1, B, H), dtype=dt)
     h[0] = h0
     acts = xw  # activations overwrite the projections in place (the projections are not needed again)
-    hw = np.empty((B, G * H), dtype=dt)
-    cache = _LayerCache(x=x, h=h, acts=acts)
-
-    if spec.cell in ("rnn_tanh", "rnn_relu"):
-        for t in range(T):
-            np.matmul(h[t], w_hh_t, out=hw)
-            a = acts[t]
-            a += hw
-            if spec.cell == "rnn_tanh":
-                np.tanh(a, out=h[t + 1])
-            else:
-                np.maximum(a, 0, out=h[t + 1])
-        return h[1:], h[T], None, (cache if keep else None)
-
+    c = tanh_c = hn = None
     if spec.cell == "lstm":
         c = np.empty((T + 1, B, H), dtype=dt)
         c[0] = c0
         tanh_c = np.empty((T, B, H), dtype=dt)
-        tmp = np.empty((B, H), dtype=dt)
-        for t in range(T):
-            np.matmul(h[t], w_hh_t, out=hw)
-            g = acts[t]
-            g += hw
-            _sigmoid_(g[:, :3 * H])            # i, f, o
-            np.tanh(g[:, 3 * H:], out=g[:, 3 * H:])  # g
-            i, f, o, gg = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
-            ct = c[t + 1]
-            np.multiply(f, c[t], out=ct)
-            np.multiply(i, gg, out=tmp)
-            ct += tmp
-            np.tanh(ct, out=tanh_c[t])
-            np.multiply(o, tanh_c[t], out=h[t + 1])
-        cache.c, cache.tanh_c = c, tanh_c
-        return h[1:], h[T], c[T], (cache if keep else None)
+    elif spec.cell == "gru":
+        hn = np.empty((T, B, H), dtype=dt)
 
-    # GRU (PyTorch form): n = tanh(x_n + b_in + r * (W_hn h + b_hn)); h' = (1 - z) n + z h = n + z (h - n)
-    hn = np.empty((T, B, H), dtype=dt)
-    tmp = np.empty((B, H), dtype=dt)
-    for t in range(T):
-        np.matmul(h[t], w_hh_t, out=hw)
-        if b_hh is not None:
-            hw += b_hh
-        g = acts[t]
-        rz = g[:, :2 * H]
-        rz += hw[:, :2 * H]
-        _sigmoid_(rz)
-        r, z, n = g[:, :H], g[:, H:2 * H], g[:, 2 * H:]
-        hn[t] = hw[:, 2 * H:]
-        np.multiply(r, hn[t], out=tmp)
-        n += tmp
-        np.tanh(n, out=n)
-        np.subtract(h[t], n, out=tmp)
-        tmp *= z
-        np.add(n, tmp, out=h[t + 1])
-    cache.hn = hn
-    return h[1:], h[T], None, (cache if keep else None)
+    def run(b0: int, b1: int) -> None:
+        sl = slice(b0, b1)
+        _forward_steps(spec, w_hh_t, b_hh, acts[:, sl], h[:, sl], None if c is None else c[:, sl],
+                       None if tanh_c is None else tanh_c[:, sl], None if hn is None else hn[:, sl])
+
+    batch_parallel(run, B)
+    cache = _LayerCache(x=x, h=h, acts=acts, c=c, tanh_c=tanh_c, hn=hn) if keep else None
+    return h[1:], h[T], (None if c is None else c[T]), cache
 
 
 def forward(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State] = None,
@@ -161,6 +172,97 @@ def forward(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State
     return inp, final, caches
 
 
+def _backward_steps(spec: CellSpec, w_hh: np.ndarray, h: np.ndarray, acts: np.ndarray,
+                    c: Optional[np.ndarray], tanh_c: Optional[np.ndarray], hn: Optional[np.ndarray],
+                    dy: Optional[np.ndarray], dh: np.ndarray, dc: Optional[np.ndarray], dA: np.ndarray,
+                    dR: np.ndarray, truncation: Optional[int], dh_all: Optional[np.ndarray],
+                    dc_all: Optional[np.ndarray]) -> None:
+    """Reverse recurrence over all steps for one slice of the batch (all arrays are views of it).
+
+    ``dh``/``dc`` hold the final-state cotangents on entry and dL/d(initial state) on exit; ``dA``/``dR``
+    receive the pre-activation gradients on the input/recurrent side (the same array except for GRU).
+    """
+    T, B, GH = acts.shape
+    H = spec.hidden_size
+    dt = acts.dtype
+    cell = spec.cell
+    tmp = np.empty((B, H), dtype=dt)
+    tmp3 = np.empty((B, 3 * H), dtype=dt) if cell == "lstm" else None
+    direct = np.empty((B, H), dtype=dt) if cell == "gru" else None
+    for t in range(T - 1, -1, -1):
+        if dy is not None:
+            dh += dy[t]
+        if dh_all is not None:
+            dh_all[t] = dh
+        da = dA[t]
+        if cell == "rnn_tanh":
+            np.multiply(h[t + 1], h[t + 1], out=da)
+            np.subtract(1, da, out=da)
+            da *= dh
+        elif cell == "rnn_relu":
+            np.multiply(dh, h[t + 1] > 0, out=da)
+        elif cell == "lstm":
+            g = acts[t]
+            i, f, o, gg = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
+            tc = tanh_c[t]
+            d_i, d_f, d_o, d_g = da[:, :H], da[:, H:2 * H], da[:, 2 * H:3 * H], da[:, 3 * H:]
+            # dc += dh * o * (1 - tanh(c)^2)
+            np.multiply(tc, tc, out=tmp)
+            np.subtract(1, tmp, out=tmp)
+            tmp *= o
+            tmp *= dh
+            dc += tmp
+            if dc_all is not None:
+                dc_all[t] = dc
+            np.multiply(dh, tc, out=d_o)
+            np.multiply(dc, gg, out=d_i)
+            np.multiply(dc, i, out=d_g)
+            np.multiply(dc, c[t], out=d_f)
+            # sigmoid' = s(1-s) on the i,f,o block; tanh' = 1-g^2 on g
+            sig = g[:, :3 * H]
+            np.subtract(1, sig, out=tmp3)
+            tmp3 *= sig
+            da[:, :3 * H] *= tmp3
+            np.multiply(gg, gg, out=tmp)
+            np.subtract(1, tmp, out=tmp)
+            d_g *= tmp
+            dc *= f  # carry to c_{t-1}
+        else:  # gru
+            g = acts[t]
+            r, z, n = g[:, :H], g[:, H:2 * H], g[:, 2 * H:]
+            d_r, d_z, d_n = da[:, :H], da[:, H:2 * H], da[:, 2 * H:]
+            # dn_pre = dh * (1 - z) * (1 - n^2)
+            np.multiply(n, n, out=tmp)
+            np.subtract(1, tmp, out=tmp)
+            np.subtract(1, z, out=d_n)
+            d_n *= tmp
+            d_n *= dh
+            # dz_pre = dh * (h - n) * z (1 - z)
+            np.subtract(h[t], n, out=d_z)
+            d_z *= dh
+            np.subtract(1, z, out=tmp)
+            tmp *= z
+            d_z *= tmp
+            # dr_pre = dn_pre * hn * r (1 - r)
+            np.multiply(d_n, hn[t], out=d_r)
+            np.subtract(1, r, out=tmp)
+            tmp *= r
+            d_r *= tmp
+            dr_ = dR[t]
+            dr_[:, :2 * H] = da[:, :2 * H]
+            np.multiply(d_n, r, out=dr_[:, 2 * H:])
+            np.multiply(dh, z, out=direct)
+        # dh_{t-1} = dR_t W_hh (+ z dh for GRU); cut where truncated BPTT detaches the state
+        if truncation is not None and t % truncation == 0 and t > 0:
+            dh.fill(0)
+            if dc is not None:
+                dc.fill(0)
+        else:
+            np.matmul(dR[t], w_hh, out=dh)
+            if direct is not None:
+                dh += direct
+
+
 def _layer_backward(spec: CellSpec, lp: LayerParams, cache: _LayerCache, dy: Optional[np.ndarray],
                     dh_T: np.ndarray, dc_T: Optional[np.ndarray], truncation: Optional[int],
                     record: bool = False):
@@ -169,8 +271,8 @@ def _layer_backward(spec: CellSpec, lp: LayerParams, cache: _LayerCache, dy: Opt
     Args:
         dy: cotangent of this layer's outputs h_1..h_T ``(T, B, H)``, or None for zero.
         dh_T, dc_T: cotangents of the final state.
-        truncation: k for truncated BPTT (the recurrent adjoint is cut every k steps, counted from t=0),
-            None for full BPTT.
+        truncation: k for truncated BPTT (the recurrent adjoint is cut when entering h_t with
+            t % k == 0, t > 0), None for full BPTT.
         record: also return the total adjoint of every h_t (and c_t) — for :func:`hidden_grads`.
 
     Returns ``(dx (T,B,I), LayerParams grads (canonical order), dh0, dc0, dh_all, dc_all)``.
@@ -187,99 +289,26 @@ def _layer_backward(spec: CellSpec, lp: LayerParams, cache: _LayerCache, dy: Opt
     dc = np.array(dc_T, dtype=dt, copy=True) if spec.is_lstm else None
     dh_all = np.empty((T, B, H), dtype=dt) if record else None
     dc_all = np.empty((T, B, H), dtype=dt) if (record and spec.is_lstm) else None
-    tmp = np.empty((B, H), dtype=dt)
-    tmp3 = np.empty((B, 3 * H), dtype=dt) if spec.is_lstm else None
 
-    for t in range(T - 1, -1, -1):
-        if dy is not None:
-            dh += dy[t]
-        if record:
-            dh_all[t] = dh
-        if spec.cell in ("rnn_tanh", "rnn_relu"):
-            da = dA[t]
-            if spec.cell == "rnn_tanh":
-                np.multiply(h[t + 1], h[t + 1], out=da)
-                np.subtract(1, da, out=da)
-                da *= dh
-            else:
-                np.multiply(dh, h[t + 1] > 0, out=da)
-            direct = None
-        elif spec.cell == "lstm":
-            g = acts[t]
-            i, f, o, gg = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
-            tc = cache.tanh_c[t]
-            da = dA[t]
-            d_i, d_f, d_o, d_g = da[:, :H], da[:, H:2 * H], da[:, 2 * H:3 * H], da[:, 3 * H:]
-            # dc += dh * o * (1 - tanh(c)^2)
-            np.multiply(tc, tc, out=tmp)
-            np.subtract(1, tmp, out=tmp)
-            tmp *= o
-            tmp *= dh
-            dc += tmp
-            if record:
-                dc_all[t] = dc
-            np.multiply(dh, tc, out=d_o)
-            np.multiply(dc, gg, out=d_i)
-            np.multiply(dc, i, out=d_g)
-            np.multiply(dc, cache.c[t], out=d_f)
-            # sigmoid' = s(1-s) on the i,f,o block; tanh' = 1-g^2 on g
-            sig = g[:, :3 * H]
-            np.subtract(1, sig, out=tmp3)
-            tmp3 *= sig
-            da[:, :3 * H] *= tmp3
-            np.multiply(gg, gg, out=tmp)
-            np.subtract(1, tmp, out=tmp)
-            d_g *= tmp
-            dc *= f  # carry to c_{t-1}
-            direct = None
-        else:  # gru
-            g = acts[t]
-            r, z, n = g[:, :H], g[:, H:2 * H], g[:, 2 * H:]
-            da, dr_ = dA[t], dR[t]
-            d_r, d_z, d_n = da[:, :H], da[:, H:2 * H], da[:, 2 * H:]
-            # dn_pre = dh * (1 - z) * (1 - n^2)
-            np.multiply(n, n, out=tmp)
-            np.subtract(1, tmp, out=tmp)
-            np.subtract(1, z, out=d_n)
-            d_n *= tmp
-            d_n *= dh
-            # dz_pre = dh * (h - n) * z (1 - z)
-            np.subtract(h[t], n, out=d_z)
-            d_z *= dh
-            np.subtract(1, z, out=tmp)
-            tmp *= z
-            d_z *= tmp
-            # dr_pre = dn_pre * hn * r (1 - r)
-            np.multiply(d_n, cache.hn[t], out=d_r)
-            np.subtract(1, r, out=tmp)
-            tmp *= r
-            d_r *= tmp
-            dr_[:, :2 * H] = da[:, :2 * H]
-            np.multiply(d_n, r, out=dr_[:, 2 * H:])
-            direct = np.multiply(dh, z)
-        # dh_{t-1} = dR_t W_hh (+ z dh for GRU); cut at truncation boundaries
-        if truncation is not None and t % truncation == 0 and t > 0:
-            dh.fill(0)
-            if dc is not None:
-                dc.fill(0)
-        else:
-            np.matmul(dR[t], w_hh, out=dh)
-            if direct is not None:
-                dh += direct
-    # Weight gradients: two big GEMMs over all steps.
+    def run(b0: int, b1: int) -> None:
+        sl = slice(b0, b1)
+        opt = lambda a: None if a is None else a[:, sl]  # noqa: E731 - slice an optional (T, B, .) array
+        _backward_steps(spec, w_hh, h[:, sl], acts[:, sl], opt(cache.c), opt(cache.tanh_c), opt(cache.hn),
+                        opt(dy), dh[sl], None if dc is None else dc[sl], dA[:, sl], dR[:, sl], truncation,
+                        opt(dh_all), opt(dc_all))
+
+    batch_parallel(run, B)
+    # Weight gradients: two big GEMMs over all steps (multi-threaded BLAS).
     dA2 = dA.reshape(T * B, G * H)
     dR2 = dR.reshape(T * B, G * H)
-    gw_ih = dA2.T @ x.reshape(T * B, I)
-    gw_hh = dR2.T @ h[:-1].reshape(T * B, H)
+    grads = {"w_ih": dA2.T @ x.reshape(T * B, I), "w_hh": dR2.T @ h[:-1].reshape(T * B, H)}
     dx = (dA2 @ w_ih).reshape(T, B, I)
-    grads = {"w_ih": gw_ih, "w_hh": gw_hh}
     if b_ih is not None:
         grads["b_ih"] = dA2.sum(axis=0)
         grads["b_hh"] = dR2.sum(axis=0)
-    dh0 = dh
     if spec.cell == "lstm":
         grads = {k: _gate_perm(v, H, _LSTM_PERM) for k, v in grads.items()}  # the permutation is an involution
-    return dx, LayerParams(**grads), dh0, dc, dh_all, dc_all
+    return dx, LayerParams(**grads), dh, dc, dh_all, dc_all
 
 
 def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], dy: Optional[np.ndarray],

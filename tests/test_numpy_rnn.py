@@ -224,3 +224,44 @@ def test_internal_lstm_permutation_is_an_involution():
     perm = numpy_rnn._gate_perm(a, 2, numpy_rnn._LSTM_PERM)
     assert perm.tolist() == [0, 1, 2, 3, 6, 7, 4, 5]
     np.testing.assert_array_equal(numpy_rnn._gate_perm(perm, 2, numpy_rnn._LSTM_PERM), a)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_batch_parallel_equals_serial(cell):
+    """Splitting the batch over threads gives the same numbers as one thread (up to GEMM rounding)."""
+    from implementations import batch_parallel
+    spec = CellSpec(cell, 6, 8, 2)
+    pr = problem(spec, T=7, B=33, seed=4)
+    args = (spec, pr["params"], pr["x"], pr["state"], pr["dy"], pr["d_final_state"])
+    try:
+        batch_parallel.set_num_threads(1)
+        g1 = NP.vjp(*args)
+        h1 = NP.hidden_grads(spec, pr["params"], pr["x"], pr["dh_T"][:33])
+        batch_parallel.set_num_threads(3)
+        g3 = NP.vjp(*args)
+        h3 = NP.hidden_grads(spec, pr["params"], pr["x"], pr["dh_T"][:33])
+    finally:
+        batch_parallel.set_num_threads(None)
+    assert rel_err(g3.params.flat(), g1.params.flat()) <= 1e-13
+    assert rel_err(g3.dx, g1.dx) <= 1e-13
+    assert rel_err(g3.dstate, g1.dstate) <= 1e-13
+    assert rel_err(h3, h1) <= 1e-13
+
+
+def test_batch_parallel_propagates_worker_errors():
+    from implementations.batch_parallel import batch_parallel, set_num_threads
+    seen = []
+
+    def fn(b0, b1):
+        seen.append((b0, b1))
+        if b0 > 0:
+            raise RuntimeError("boom in a worker")
+    set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="boom in a worker"):
+            batch_parallel(fn, 32)
+    finally:
+        set_num_threads(None)
+    assert sorted(seen) == [(0, 16), (16, 32)]
+    with pytest.raises(ValueError, match="threads: got 0"):
+        set_num_threads(0)
