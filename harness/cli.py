@@ -43,16 +43,19 @@ def _add_run(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suites", nargs="*", metavar="SUITE",
                    help=f"suites to run (default: all): {', '.join(SUITES)}")
-    p.add_argument("--preset", default="quick", metavar="NAME",
-                   help=f"size of the sweep: {', '.join(PRESETS)} (default: quick; smoke takes seconds)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help=f"size of the sweep: {', '.join(PRESETS)} (default: quick, or the resumed run's; "
+                        "smoke takes seconds)")
     p.add_argument("--backend", action="append", metavar="B",
                    help="backend to include (repeatable; default: every available one). See `rnnbench list`.")
-    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="cpu or cuda (default: cpu, or the resumed run's)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: results/runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="skip cases already recorded in --out")
     p.add_argument("--threads", type=int, metavar="N",
                    help="intra-op threads for every backend alike (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every weight and input (default: 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of every weight and input (default: 0, or the resumed run's)")
     p.add_argument("--timeout", type=float, metavar="S", help="per-case time limit in seconds")
     p.add_argument("--budget", type=float, metavar="S",
                    help="seconds of timed repeats per measurement (default: set by the preset)")
@@ -93,6 +96,17 @@ def _add_gate(sub) -> None:
     p.add_argument("--threshold", type=float, default=None, metavar="R", help="slowdown ratio that fails")
     p.add_argument("--markdown", metavar="FILE", help="write the summary as Markdown")
     p.add_argument("--repo", metavar="DIR", default=".", help="repository to gate (default: .)")
+    p.add_argument("--alpha", type=float, default=None, metavar="P",
+                   help="significance level of the one-sided Mann-Whitney test (default: 0.01)")
+    p.add_argument("--rounds", type=int, default=None, metavar="N",
+                   help="processes per side, interleaved A B B A (default: set from the measured trials)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="timed samples per case and mode in each process (default: set from the trials)")
+    p.add_argument("--case", action="append", metavar="TEXT",
+                   help="only gate cases whose name contains TEXT (repeatable; default: every smoke case)")
+    p.add_argument("--preset", default=None, metavar="NAME", help="preset the gate cases come from (default: smoke)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the worker processes to one core")
+    p.add_argument("--no-confirm", action="store_true", help="fail on the first flag, without the confirmation re-run")
 
 
 def build_parser() -> argparse.ArgumentParser:
