@@ -1,0 +1,162 @@
+"""``rnnbench gate``: bad input, the decision rule, and end to end on a user's repository with a plug-in.
+
+The end-to-end tests build a throwaway git repository holding only a plug-in backend (a subclass of the
+NumPy backend), as a team gating its own kernels would; rnnbench itself comes from the environment.
+The injected slowdown is large (a sleep several times the call) so the verdict does not depend on noise.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+
+from harness import gate  # noqa: E402
+from harness.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+PLUGIN_OK = """
+from implementations.numpy_backend import NumpyBackend
+
+class MyBackend(NumpyBackend):
+    variant = "mybackend"
+"""
+PLUGIN_SLOW = PLUGIN_OK + """
+    def _prepare_forward(self, spec, params, x, state):
+        import time
+        inner = super()._prepare_forward(spec, params, x, state)
+        def fn():
+            time.sleep(0.004)  # an obvious slowdown: several times the call itself
+            return inner()
+        return fn
+"""
+PLUGIN_WRONG = PLUGIN_OK + """
+    def _forward(self, spec, params, x, state):
+        y, final = super()._forward(spec, params, x, state)
+        return y * 1.01, final  # a numerical bug: 1 % off the reference
+"""
+
+
+def _git(repo, *args):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
+
+
+def _repo(tmp_path, *versions):
+    """A git repo whose successive commits hold the given mybackend.py sources."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    for i, src in enumerate(versions):
+        (repo / "mybackend.py").write_text(textwrap.dedent(src))
+        _git(repo, "add", "mybackend.py")
+        _git(repo, "commit", "-q", "--allow-empty", "-m", f"v{i}")
+    return repo
+
+
+FAST = ["--backend", "mybackend:MyBackend", "--case", "lstm", "--rounds", "2", "--samples", "4"]
+
+
+def test_bad_rev_exits_2_with_a_clear_line(tmp_path, capsys):
+    repo = _repo(tmp_path, PLUGIN_OK)
+    assert main(["gate", "--repo", str(repo), "--base", "no-such-rev"]) == 2
+    err = capsys.readouterr().err
+    assert "revision 'no-such-rev' does not exist" in err and err.count("\n") == 1
+
+
+def test_not_a_repository_and_bad_options_exit_2(tmp_path, capsys):
+    assert main(["gate", "--repo", str(tmp_path)]) == 2
+    assert "not inside a git repository" in capsys.readouterr().err
+    assert main(["gate", "--repo", str(tmp_path / "missing")]) == 2
+    repo = _repo(tmp_path, PLUGIN_OK, PLUGIN_OK)
+    assert main(["gate", "--repo", str(repo), "--threshold", "0.9"]) == 2
+    assert "--threshold" in capsys.readouterr().err
+    assert main(["gate", "--repo", str(repo), "--rounds", "1", "--samples", "2"]) == 2
+
+
+def test_no_previous_commit_is_skipped_with_a_reason(tmp_path, capsys):
+    repo = _repo(tmp_path, PLUGIN_OK)
+    md = tmp_path / "gate.md"
+    assert main(["gate", "--repo", str(repo), "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "first commit" in out
+    assert "skipped" in md.read_text()
+
+
+def test_default_base_prefers_merge_base_then_previous_commit(tmp_path):
+    repo = _repo(tmp_path, PLUGIN_OK, PLUGIN_OK)
+    c, how = gate.default_base(str(repo))
+    assert how == "HEAD~1" and c == gate.resolve_rev(str(repo), "HEAD~1")
+    _git(repo, "checkout", "-q", "-b", "feature")
+    (repo / "x.txt").write_text("x")
+    _git(repo, "add", "x.txt")
+    _git(repo, "commit", "-q", "-m", "feature work")
+    c, how = gate.default_base(str(repo))
+    assert "merge-base" in how and c == gate.resolve_rev(str(repo), "main")
+
+
+def test_base_tree_that_does_not_import_exits_2(tmp_path, capsys):
+    repo = _repo(tmp_path, "raise ImportError('broken on purpose')\n", PLUGIN_OK)
+    assert main(["gate", "--repo", str(repo), "--base", "HEAD~1", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "base tree" in err and "broken on purpose" in err
+    # the temporary worktree is gone
+    listing = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
+    assert listing.count("\n") == 1
+
+
+def test_plugin_slowdown_fails_after_confirmation(tmp_path, capsys):
+    repo = _repo(tmp_path, PLUGIN_OK, PLUGIN_SLOW)
+    md = tmp_path / "gate.md"
+    assert main(["gate", "--repo", str(repo), *FAST, "--markdown", str(md)]) == 1
+    out = capsys.readouterr().out
+    assert "confirmed slowdown" in out and "/fwd" in out
+    text = md.read_text()
+    assert "❌ fail" in text and "SLOWER (confirmed)" in text
+
+
+def test_plugin_numerical_error_fails_at_once_and_same_code_passes(tmp_path, capsys):
+    repo = _repo(tmp_path, PLUGIN_OK, PLUGIN_WRONG, PLUGIN_OK)
+    assert main(["gate", "--repo", str(repo), "--base", "HEAD~2", *FAST]) == 0  # same code: A/A
+    assert "gate: PASS" in capsys.readouterr().out
+    _git(repo, "checkout", "-q", "HEAD~1")  # the buggy version as head
+    assert main(["gate", "--repo", str(repo), "--base", "HEAD~1", *FAST]) == 1
+    out = capsys.readouterr().out
+    assert "deterministic check equiv_error" in out and "FAILED" in out
+
+
+def test_interleaving_order():
+    assert gate._order(3) == ["A", "B", "B", "A", "A", "B"]
+    o = gate._order(6)
+    assert o.count("A") == o.count("B") == 6
+    # each side goes first in half of the rounds
+    assert sum(o[2 * i] == "A" for i in range(6)) == 3
+
+
+def test_judge_flags_only_significant_slowdowns_beyond_threshold():
+    rng = np.random.default_rng(0)
+    a = list(1.0 + 0.02 * rng.standard_normal(60))
+    samples = {("c", "fwd"): {"A": a, "B": list(1.25 + 0.02 * rng.standard_normal(60))},
+               ("c", "train"): {"A": a, "B": list(1.0 + 0.02 * rng.standard_normal(60))},
+               ("d", "fwd"): {"A": a, "B": list(1.05 + 0.02 * rng.standard_normal(60))}}
+    v = {(x.case, x.mode): x for x in gate.judge(samples, "numpy", threshold=1.10, alpha=0.01)}
+    assert v[("c", "fwd")].flagged and 1.2 < v[("c", "fwd")].ratio < 1.3
+    assert not v[("c", "train")].flagged
+    assert not v[("d", "fwd")].flagged  # significant, but within the threshold
+    assert not v[("c", "fwd")].failed  # not failed until a re-run confirms it
+
+
+def test_judge_checks_fail_when_head_passes_tolerance():
+    chk = [{"side": "A", "backend": "b", "case": "c", "metric": "equiv_error", "value": 1e-7, "tol": 1e-4},
+           {"side": "B", "backend": "b", "case": "c", "metric": "equiv_error", "value": 3e-3, "tol": 1e-4}]
+    out = gate.judge_checks(chk)
+    assert len(out) == 1 and out[0]["failed"] and out[0]["base_value"] == 1e-7
+    chk[1]["value"] = 2e-7
+    assert not gate.judge_checks(chk)[0]["failed"]
