@@ -31,11 +31,14 @@ class NumpyBackend(BackendBase):
         return v
 
     def set_threads(self, n: int) -> None:
-        # BLAS thread pools can only be limited at run time through threadpoolctl; keep the limiter alive.
+        """``n`` threads for BLAS (via threadpoolctl) and for the batch-parallel recurrences."""
+        from implementations import batch_parallel
+        batch_parallel.set_num_threads(int(n))
         try:
             from threadpoolctl import threadpool_limits
-        except ImportError:
+        except ImportError:  # pragma: no cover - a dependency
             return
+        # BLAS pools can only be limited at run time through threadpoolctl; keep the limiter alive.
         self._limits = threadpool_limits(limits=int(n), user_api="blas")
 
     def _forward(self, spec, params, x, state):
