@@ -557,17 +557,25 @@ class TorchCompileBackend(TorchCellBackend):
 
     def _step(self, spec: CellSpec) -> Callable:
         fn = self._compiled.get(spec.cell)
-        if fn is None:
-            compiled = torch.compile(_STEPS[spec.cell], dynamic=False, mode=self.mode, backend=self.compile_backend,
-                                     fullgraph=True)
+        if fn is not None:
+            return fn
 
-            def fn(*args, _compiled=compiled):
-                try:
-                    return _compiled(*args)
-                except Exception as e:  # make a failed compilation a clear, recordable reason
-                    if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
-                        raise CompileError(f"torch.compile failed for cell {spec.cell!r} on {self.device}: "
-                                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-                    raise
-            self._compiled[spec.cell] = fn
+        def failed(e: Exception) -> CompileError:
+            first = str(e).splitlines()[0] if str(e) else ""
+            return CompileError(f"torch.compile failed for cell {spec.cell!r} on {self.device} "
+                                f"(backend={self.compile_backend!r}, mode={self.mode!r}): {type(e).__name__}: {first}")
+        try:
+            compiled = torch.compile(_STEPS[spec.cell], dynamic=False, mode=self.mode,
+                                     backend=self.compile_backend, fullgraph=True)
+        except Exception as e:  # e.g. an unknown backend or mode
+            raise failed(e) from e
+
+        def fn(*args):
+            try:
+                return compiled(*args)
+            except Exception as e:  # compilation happens on the first call of each specialisation
+                if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                    raise failed(e) from e
+                raise
+        self._compiled[spec.cell] = fn
         return fn
