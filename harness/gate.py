@@ -339,10 +339,12 @@ def _order(rounds: int) -> List[str]:
 
 
 def measure(trees: Dict[str, str], backend: str, cfg: GateConfig, only: Optional[List[List[str]]] = None,
-            checks: bool = True, log=None, deadline: Optional[float] = None
+            checks: bool = True, log=None, deadline: Optional[float] = None,
+            record: Optional[List[Dict[str, Any]]] = None
             ) -> Tuple[Dict[Tuple[str, str], Dict[str, List[float]]], List[Dict[str, Any]], List[str]]:
     """Interleaved runs of both trees: ({(case, mode): {"A": samples, "B": samples}}, checks, head errors).
 
+    Samples are in ms. ``record`` (a list) receives each process's raw results in order, for the trials.
     Raises :class:`BaseTreeError` when the base tree (A) cannot run.
     """
     samples: Dict[Tuple[str, str], Dict[str, List[float]]] = {}
@@ -363,6 +365,9 @@ def measure(trees: Dict[str, str], backend: str, cfg: GateConfig, only: Optional
             for c in res.get("checks", []):
                 chk.append({**c, "side": side, "backend": backend})
         first[side] = False
+        if record is not None:
+            record.append({"side": side, "results": [{k: r.get(k) for k in ("case", "mode", "samples")}
+                                                     for r in res.get("results", []) if not r.get("error")]})
         for r in res.get("results", []):
             if r.get("error"):
                 (errors if side == "B" else []).append(f"{r['case']}: {r['error']}")

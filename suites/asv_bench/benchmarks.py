@@ -1,0 +1,280 @@
+"""asv benchmark classes over the suites' own case code (no second implementation of any measurement).
+
+- ``time_``: the throughput suite's shapes, timed by asv through the very callables the suite times
+  (``Backend.prepare_forward`` / ``prepare_train``, which return only after the device has finished);
+  data from ``suites.throughput.make_data``; prepared, JIT-compiled and warmed up in ``setup``.
+- ``peakmem_``: host RSS of a training step (CPU only: on a GPU the host RSS is not the memory that matters).
+- ``track_``: numbers that the suites compute (``SUITE.run(case, ctx)`` on a fixed small case, one row
+  picked): achieved GFLOP/s and efficiency, RTRL/BPTT measured bytes, gradient decay rates, CTC max errors.
+  Computed once per environment in ``setup_cache``.
+
+Parameters are the same on every machine; a backend, device or suite that is not available here (or not
+in the checked-out commit, when asv walks history) is skipped by ``NotImplementedError`` in ``setup``.
+Importing this module needs nothing but the standard library; frameworks load in ``setup``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+BACKENDS = ["numpy", "torch", "jax"]
+CELLS = ["rnn_tanh", "lstm", "gru"]
+#: small = the throughput suite's smoke shape (H=32, B=8, T=20); medium = its quick preset's centre point
+#: (H=128, B=32, T=50). Looked up in the suite, so asv times exactly what `rnnbench run` times.
+SIZES = ["small", "medium"]
+DEVICES = ["cpu", "cuda"]
+_SIZE_SOURCE = {"small": ("smoke", "smoke"), "medium": ("quick", "centre")}
+SEED = 0
+#: Timed-repeat budget of the suites' own timings inside ``track_`` (seconds per measurement).
+TRACK_BUDGET_S = 0.2
+
+
+# -- access to the suites (all failures become a skip) -------------------------------------------------
+
+def _skip(msg: str) -> NotImplementedError:
+    return NotImplementedError(msg)
+
+
+def get_suite(name: str):
+    """The suite object, or NotImplementedError when this checkout lacks it (asv over old commits)."""
+    try:
+        from suites.base import get_suite as _get
+        return _get(name)
+    except Exception as e:  # noqa: BLE001 - missing module, missing names, import errors of old commits
+        raise _skip(f"suite {name!r} is not available in this checkout: {type(e).__name__}: {e}") from None
+
+
+def _no_cuda_driver() -> bool:
+    """True on a Linux machine without the NVIDIA driver: CUDA cases skip without importing a framework."""
+    import glob
+    import os
+    if not sys.platform.startswith("linux"):
+        return False  # elsewhere the framework's own probe decides
+    return not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*"))
+
+
+def get_backend(name: str, device: str):
+    """A ready backend, or NotImplementedError saying why it cannot run here."""
+    if device == "cuda" and _no_cuda_driver():
+        raise _skip(f"backend {name} on cuda: no NVIDIA driver on this machine")
+    try:
+        from harness import backends
+        info = backends.probe(name, device)
+        if not info.available:
+            raise _skip(f"backend {name} on {device} is unavailable here: {info.reason}")
+        return backends.get(name, device)
+    except NotImplementedError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _skip(f"backend {name} on {device} is unavailable here: {type(e).__name__}: {e}") from None
+
+
+def run_context(preset: str = "smoke", budget_s: Optional[float] = TRACK_BUDGET_S):
+    from suites.base import RunContext
+    return RunContext(seed=SEED, threads=None, budget_s=budget_s, preset=preset)
+
+
+def throughput_case(backend: str, cell: str, size: str, device: str):
+    """(suite, Case) of the throughput suite for these parameters; NotImplementedError if it has none."""
+    suite = get_suite("throughput")
+    preset, tag = _SIZE_SOURCE[size]
+    for c in suite.cases(preset, [backend], device):
+        if c.backend == backend and c.cell == cell and tag in str(c.settings.get("tags", "")).split(","):
+            return suite, c
+    raise _skip(f"the throughput suite has no {size} ({preset}/{tag}) {cell} case for {backend} on {device}")
+
+
+def prepare_throughput(backend: str, cell: str, size: str, device: str, mode: str) -> Callable[[], Any]:
+    """The callable the throughput suite times for this case and mode, compiled and warmed up."""
+    if device == "cuda" and _no_cuda_driver():
+        raise _skip(f"backend {backend} on cuda: no NVIDIA driver on this machine")
+    suite, case = throughput_case(backend, cell, size, device)
+    tp = sys.modules[type(suite).__module__]
+    if not hasattr(tp, "make_data"):
+        raise _skip("this checkout's throughput suite has no make_data()")
+    b = get_backend(backend, device)
+    spec = case.spec()
+    low = tp.make_data(spec, case.batch, case.seq_len, SEED).cast(case.dtype or "float32")
+    if mode == "fwd":
+        fn = b.prepare_forward(spec, low.params, low.x, low.state)
+    else:
+        fn = b.prepare_train(spec, low.params, low.x, low.state, low.dy, low.d_state)
+    fn()  # JIT compilation / autotuning / allocator growth happen here, not in the timed method
+    return fn
+
+
+def suite_rows(suite_name: str, case, preset: str = "smoke") -> List[Dict[str, Any]]:
+    """Every row ``SUITE.run(case, ctx)`` yields for one case (the suite's own measurement)."""
+    suite = get_suite(suite_name)
+    return list(suite.run(case, run_context(preset)))
+
+
+def pick(rows: List[Dict[str, Any]], metric: str, **match: Any) -> Optional[float]:
+    """The value of the first ok row with ``metric`` whose extra matches ``match`` (None if none)."""
+    for r in rows:
+        if r.get("metric") != metric or r.get("status") != "ok" or r.get("value") is None:
+            continue
+        extra = r.get("extra") or {}
+        if all(_same(extra.get(k, r.get(k)), v) for k, v in match.items()):
+            return float(r["value"])
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+    return a == b
+
+
+def _cached(cache: Dict[Any, Any], key: Any) -> float:
+    v = cache.get(key)
+    if isinstance(v, str):
+        raise _skip(v)
+    if v is None:
+        raise _skip(f"no value for {key!r} in this checkout/environment")
+    return v
+
+
+# -- throughput: time_ ---------------------------------------------------------------------------------
+
+class _ThroughputTime:
+    params = (BACKENDS, CELLS, SIZES, DEVICES)
+    param_names = ("backend", "cell", "size", "device")
+    timeout = 600  # first calls include JIT compilation (torch.compile, XLA) in setup
+    mode = "fwd"
+
+    def setup(self, backend: str, cell: str, size: str, device: str) -> None:
+        self.fn = prepare_throughput(backend, cell, size, device, self.mode)
+
+
+class TimeForward(_ThroughputTime):
+    """One inference forward (seconds per call), device-synchronised inside the call."""
+
+    mode = "fwd"
+
+    def time_forward(self, backend, cell, size, device):
+        self.fn()
+
+
+class TimeTrain(_ThroughputTime):
+    """One forward + backward with every gradient (seconds per call), device-synchronised."""
+
+    mode = "train"
+
+    def time_train(self, backend, cell, size, device):
+        self.fn()
+
+
+class PeakMemTrain:
+    """Peak host RSS of a process that prepares and runs a training step (CPU: host memory is the memory)."""
+
+    params = (BACKENDS, CELLS, SIZES)
+    param_names = ("backend", "cell", "size")
+    timeout = 600
+
+    def setup(self, backend, cell, size):
+        self.fn = prepare_throughput(backend, cell, size, "cpu", "train")
+
+    def peakmem_train(self, backend, cell, size):
+        self.fn()
+
+
+# -- throughput: track_ (the suite's own GFLOP/s and efficiencies) --------------------------------------
+
+class TrackThroughput:
+    """Achieved GFLOP/s and efficiency of the small LSTM case, as the throughput suite reports them."""
+
+    params = (BACKENDS, ["fwd", "train"], DEVICES)
+    param_names = ("backend", "mode", "device")
+    timeout = 900
+    METRICS = ("gflops", "eff_gemm", "eff_recurrent")
+
+    def setup_cache(self):
+        out: Dict[Any, Any] = {}
+        for device in DEVICES:
+            for backend in BACKENDS:
+                try:
+                    get_backend(backend, device)
+                    _, case = throughput_case(backend, "lstm", "small", device)
+                    rows = suite_rows("throughput", case)
+                except NotImplementedError as e:
+                    for m in self.METRICS:
+                        for mode in ("fwd", "train"):
+                            out[(backend, device, mode, m)] = str(e)
+                    continue
+                for m in self.METRICS:
+                    for mode in ("fwd", "train"):
+                        out[(backend, device, mode, m)] = pick(rows, m, mode=mode)
+        return out
+
+    def setup(self, cache, backend, mode, device):
+        _cached(cache, (backend, device, mode, "gflops"))
+
+    def track_gflops(self, cache, backend, mode, device):
+        return _cached(cache, (backend, device, mode, "gflops"))
+    track_gflops.unit = "GFLOP/s"
+
+    def track_eff_gemm(self, cache, backend, mode, device):
+        return _cached(cache, (backend, device, mode, "eff_gemm"))
+    track_eff_gemm.unit = "fraction of GEMM GFLOP/s"
+
+    def track_eff_recurrent(self, cache, backend, mode, device):
+        return _cached(cache, (backend, device, mode, "eff_recurrent"))
+    track_eff_recurrent.unit = "fraction of recurrent-GEMM GFLOP/s"
+
+
+# -- gradients: decay rates (deterministic) ---------------------------------------------------------------
+
+#: (cell, rho or None, gate bias, input scale) of the smoke sweep; label "cell/setting".
+GRADIENT_SETTINGS = {
+    "rnn_tanh/rho0.5-s0.1": ("rnn_tanh", 0.5, 0.0, 0.1),
+    "rnn_tanh/rho1-s0.1": ("rnn_tanh", 1.0, 0.0, 0.1),
+    "rnn_relu/rho0.5-s0.1": ("rnn_relu", 0.5, 0.0, 0.1),
+    "lstm/b0-s0.1": ("lstm", None, 0.0, 0.1),
+    "lstm/b3-s0.1": ("lstm", None, 3.0, 0.1),
+    "gru/b0-s0.1": ("gru", None, 0.0, 0.1),
+    "gru/b3-s0.1": ("gru", None, 3.0, 0.1),
+}
+
+
+class TrackGradients:
+    """Fitted per-step decay rate of ‖∂L/∂h_{T−k}‖ (float64 NumPy, smoke preset), and failed checks."""
+
+    params = (list(GRADIENT_SETTINGS),)
+    param_names = ("setting",)
+    timeout = 900
+
+    def setup_cache(self):
+        out: Dict[Any, Any] = {}
+        try:
+            suite = get_suite("gradients")
+            cases = [c for c in suite.cases("smoke", ["numpy"], "cpu")
+                     if c.settings.get("kind") == "sweep" and c.dtype == "float64"]
+        except Exception as e:  # noqa: BLE001
+            return {"_skip": f"gradients suite unavailable: {e}"}
+        failed = 0
+        for cell in sorted({s[0] for s in GRADIENT_SETTINGS.values()}):
+            case = next((c for c in cases if c.cell == cell), None)
+            if case is None:
+                continue
+            rows = suite_rows("gradients", case)
+            failed += sum(1 for r in rows if str(r.get("metric", "")).startswith("check_") and r.get("value") == 0.0)
+            for label, (c, rho, bias, scale) in GRADIENT_SETTINGS.items():
+                if c == cell:
+                    out[label] = pick(rows, "decay_rate", rho=rho, gate_bias=bias, input_scale=scale)
+        out["_failed_checks"] = failed
+        return out
+
+    def setup(self, cache, setting):
+        if "_skip" in cache:
+            raise _skip(cache["_skip"])
+        _cached(cache, setting)
+
+    def track_decay_rate(self, cache, setting):
+        return _cached(cache, setting)
+    track_decay_rate.unit = "per step"
+
+    def track_failed_checks(self, cache, setting):
+        return cache["_failed_checks"]
+    track_failed_checks.unit = "checks"

@@ -1,0 +1,171 @@
+"""The asv benchmark package: imports with the standard library only, well-formed for asv, skips by
+NotImplementedError, and measures through the suites' own code (no second implementation)."""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.join(ROOT, "suites", "asv_bench")
+
+from suites.asv_bench import benchmarks as B  # noqa: E402
+
+BENCH_CLASSES = [obj for name, obj in vars(B).items()
+                 if inspect.isclass(obj) and not name.startswith("_") and obj.__module__ == B.__name__
+                 and any(re.match(r"(time|track|peakmem|mem)_", m) for m in dir(obj))]
+
+
+def _load_conf():
+    text = open(os.path.join(ROOT, "asv.conf.json"), encoding="utf-8").read()
+    return json.loads("\n".join(line for line in text.splitlines() if not line.strip().startswith("//")))
+
+
+def test_config_points_at_the_package_and_results_dir():
+    conf = _load_conf()
+    assert os.path.normpath(os.path.join(ROOT, conf["benchmark_dir"])) == BENCH_DIR
+    assert conf["results_dir"].startswith("results/asv") and conf["html_dir"] == "results/asv/html"
+    assert conf["launch_method"] == "spawn" and conf["environment_type"] == "virtualenv"
+    assert conf["default_benchmark_timeout"] >= 300
+    # requirements pinned as in constraints.txt
+    pins = dict(line.split("==") for line in open(os.path.join(ROOT, "constraints.txt"))
+                if "==" in line and not line.startswith("#"))
+    for pkg, ver in conf["matrix"]["req"].items():
+        if ver:
+            assert pins[pkg].strip() == ver, pkg
+
+
+def test_module_imports_with_the_standard_library_only():
+    code = ("import sys; sys.path.insert(0, %r); import asv_bench.benchmarks as b; "
+            "heavy = [m for m in ('numpy', 'torch', 'jax', 'scipy', 'pandas') if m in sys.modules]; "
+            "print(len(b.__dict__), heavy)") % os.path.join(ROOT, "suites")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("[]"), out
+
+
+def test_classes_are_well_formed_for_asv():
+    assert {c.__name__ for c in BENCH_CLASSES} >= {"TimeForward", "TimeTrain", "PeakMemTrain", "TrackThroughput",
+                                                    "TrackGradients"}
+    for cls in BENCH_CLASSES:
+        assert len(cls.params) == len(cls.param_names), cls
+        assert all(isinstance(p, list) and p for p in cls.params), cls
+        for name in dir(cls):
+            if name.startswith("track_"):
+                assert getattr(getattr(cls, name), "unit", None), f"{cls.__name__}.{name} has no unit"
+    # the same parameters everywhere: nothing machine-dependent in the lists
+    assert B.TimeForward.params == (B.BACKENDS, B.CELLS, B.SIZES, B.DEVICES)
+
+
+def test_unavailable_backend_and_device_skip_in_setup(monkeypatch):
+    from harness import backends
+    with pytest.raises(NotImplementedError):
+        B.TimeForward().setup("numpy", "lstm", "small", "cuda")  # numpy runs on the CPU only
+    real = backends.probe
+
+    def fake(name, device="cpu"):
+        info = real(name, device)
+        if name == "torch":
+            info.available, info.reason = False, "not installed here (test)"
+        return info
+    monkeypatch.setattr(backends, "probe", fake)
+    with pytest.raises(NotImplementedError, match="not installed here"):
+        B.TimeTrain().setup("torch", "gru", "small", "cpu")
+    with pytest.raises(NotImplementedError, match="no small"):
+        B.throughput_case("numpy", "not_a_cell", "small", "cpu")  # a case the suite does not have
+
+
+def test_missing_suite_skips(monkeypatch):
+    import suites.base
+    monkeypatch.setitem(suites.base.SUITE_MODULES, "throughput", "suites.no_such_module")
+    with pytest.raises(NotImplementedError, match="not available in this checkout"):
+        B.TimeForward().setup("numpy", "lstm", "small", "cpu")
+
+
+def test_time_benchmarks_time_the_suites_prepared_callable(monkeypatch):
+    """setup builds the suite's case with the suite's make_data and keeps the backend's prepared callable."""
+    from implementations.base import BackendBase
+    import suites.throughput as tp
+    calls = {}
+    sentinel_calls = []
+
+    def prep_fwd(self, spec, params, x, state=None):
+        calls["fwd"] = (spec, x.shape, x.dtype)
+
+        def fn():
+            sentinel_calls.append(1)
+        return fn
+    monkeypatch.setattr(BackendBase, "prepare_forward", prep_fwd)
+    made = []
+    real_make = tp.make_data
+    monkeypatch.setattr(tp, "make_data", lambda *a, **k: made.append(a) or real_make(*a, **k))
+    bench = B.TimeForward()
+    bench.setup("numpy", "lstm", "small", "cpu")
+    case = next(c for c in tp.SUITE.cases("smoke", ["numpy"], "cpu") if c.cell == "lstm")
+    assert calls["fwd"][0] == case.spec() and calls["fwd"][1] == (case.seq_len, case.batch, case.input_size)
+    assert str(calls["fwd"][2]) == case.dtype and made, "data must come from the suite's make_data"
+    n = len(sentinel_calls)  # 1: the warm-up call in setup
+    bench.time_forward("numpy", "lstm", "small", "cpu")
+    assert n == 1 and len(sentinel_calls) == 2
+
+
+def test_real_numpy_benchmark_runs():
+    bench = B.TimeTrain()
+    bench.setup("numpy", "gru", "small", "cpu")
+    bench.time_train("numpy", "gru", "small", "cpu")
+    pm = B.PeakMemTrain()
+    pm.setup("numpy", "rnn_tanh", "small")
+    pm.peakmem_train("numpy", "rnn_tanh", "small")
+
+
+def test_track_benchmarks_report_the_suites_rows(monkeypatch):
+    """track_ values are picked from SUITE.run's rows, not measured again."""
+    import suites.throughput as tp
+    from suites.base import Case
+
+    def fake_run(case: Case, ctx):
+        assert ctx.preset == "smoke"
+        for mode, g in (("fwd", 1.5), ("train", 0.5)):
+            yield case.row("gflops", g, "GFLOP/s", mode=mode)
+            yield case.row("eff_gemm", g / 10, "ratio", mode=mode)
+    monkeypatch.setattr(tp.SUITE, "run", fake_run)
+    monkeypatch.setattr(B, "DEVICES", ["cpu"])
+    monkeypatch.setattr(B, "BACKENDS", ["numpy"])
+    t = B.TrackThroughput()
+    cache = t.setup_cache()
+    t.setup(cache, "numpy", "fwd", "cpu")
+    assert t.track_gflops(cache, "numpy", "fwd", "cpu") == 1.5
+    assert t.track_eff_gemm(cache, "numpy", "train", "cpu") == 0.05
+    with pytest.raises(NotImplementedError):  # a metric the suite did not report: skipped, not invented
+        t.track_eff_recurrent(cache, "numpy", "fwd", "cpu")
+
+
+def test_gradient_tracks_pick_decay_rates(monkeypatch):
+    pytest.importorskip("suites.gradients")
+    import suites.gradients as gr
+
+    def fake_run(case, ctx):
+        for label, (cell, rho, bias, scale) in B.GRADIENT_SETTINGS.items():
+            if cell == case.cell:
+                yield case.row("decay_rate", 0.25, "1/step", rho=rho, gate_bias=bias, input_scale=scale)
+        yield case.row("check_fd", 0.0, "bool", status="error")
+    monkeypatch.setattr(gr.SUITE, "run", fake_run)
+    t = B.TrackGradients()
+    cache = t.setup_cache()
+    t.setup(cache, "lstm/b3-s0.1")
+    assert t.track_decay_rate(cache, "lstm/b3-s0.1") == 0.25
+    assert t.track_failed_checks(cache, "lstm/b3-s0.1") == len({s[0] for s in B.GRADIENT_SETTINGS.values()})
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="asv needs git")
+def test_asv_check_finds_no_problem():
+    asv = os.path.join(os.path.dirname(sys.executable), "asv")
+    if not os.path.exists(asv):
+        pytest.skip("asv is not installed in this environment (pip install 'rnnbench[asv]')")
+    r = subprocess.run([asv, "check", "--python=same"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "No problems found" in r.stdout, r.stdout + r.stderr
