@@ -11,9 +11,10 @@ How a measurement is taken (in the spirit of ``torch.utils.benchmark.Timer.adapt
 
 1. Warm-up: the first call is timed on its own and reported as ``compile_s`` (JIT compilation, cuDNN
    autotuning, allocator growth happen here); further warm-up calls are untimed.
-2. Calibration: a fast ``fn`` is called ``number`` times per sample, with ``number`` chosen so that one
-   sample lasts at least ``min_sample_s`` (default 1 ms); a sample is the batch time divided by ``number``.
-   This keeps clock resolution and loop overhead out of the figure.
+2. Calibration: a fast ``fn`` is called ``number`` times per sample, with ``number`` chosen (from the
+   fastest of up to three single calls) so that one sample lasts at least ``min_sample_s`` (default 1 ms);
+   a sample is the batch time divided by ``number``. This keeps clock resolution and loop overhead out of
+   the figure, and matches how ``torch.utils.benchmark`` forms its blocks.
 3. Repeats: samples are taken until the relative IQR ``(q75 - q25) / median`` is at most ``target_rel_iqr``
    (checked once ``min_runs`` samples exist), or ``budget_s`` seconds of repeats are spent (always at least
    one sample), or ``max_runs`` samples exist.
@@ -155,26 +156,34 @@ class Timer:
             sync()
         return clock() - t0
 
-    def _calibrate(self) -> Tuple[int, Optional[float]]:
-        """Calls per sample so that a sample lasts >= min_sample_s, and a first sample if one came for free.
+    def _calibrate(self) -> Tuple[int, List[float]]:
+        """Calls per sample so that a sample lasts >= min_sample_s, and the samples that came for free.
 
-        A function slow enough for one call per sample is not called again just to calibrate: that first
-        call's time is returned as a sample (a 2 s training step should not cost 2 s more).
+        The per-call time is the minimum of up to three single calls, so that one preempted call does not
+        make a fast function look slow (and go unbatched). A function that is clearly slow (one call
+        >= 10 min_sample_s) is not called again just to calibrate, and single calls of a function slow
+        enough for one call per sample are kept as samples (a 2 s training step should not cost 2 s more).
         """
         if self.min_sample_s <= 0:
-            return 1, None
+            return 1, []
+        singles: List[float] = []
+        for _ in range(3):
+            singles.append(self._time_batch(1))
+            if singles[-1] >= 10 * self.min_sample_s:
+                break
+        per_call = max(min(singles), 1e-9)
+        if per_call >= self.min_sample_s:
+            return 1, singles
         number = 1
         while number < MAX_NUMBER:
-            dt = self._time_batch(number)
-            if dt >= self.min_sample_s:
-                if number == 1:
-                    return 1, dt
-                break
             # Aim 20 % over the target from the per-call estimate; grow at least 2x, at most 100x per step.
-            per_call = max(dt / number, 1e-9)
             want = int(math.ceil(1.2 * self.min_sample_s / per_call))
             number = min(MAX_NUMBER, max(2 * number, min(100 * number, want)))
-        return number, None
+            dt = self._time_batch(number)
+            if dt >= self.min_sample_s:
+                break
+            per_call = max(dt / number, 1e-9)
+        return number, []
 
     @staticmethod
     def _rel_iqr(samples: List[float]) -> float:
@@ -196,8 +205,8 @@ class Timer:
             gc.collect()
             # The budget counts calibration too: it is the wall time spent after warm-up.
             start = self.clock()
-            number, first = self._calibrate()
-            samples: List[float] = [] if first is None else [first]
+            number, free = self._calibrate()
+            samples: List[float] = free[:self.max_runs]
             next_check = self.min_runs
             reason = "max_runs"
             while True:

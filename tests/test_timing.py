@@ -95,6 +95,21 @@ def test_fast_fn_is_batched_and_divided():
     assert len(fn.calls) >= 1 + m.n * m.number
 
 
+def test_one_slow_call_during_calibration_does_not_stop_batching():
+    clock = FakeClock()
+    fn = work(clock, 0.5, 0.005, then=1e-5)  # warm-up, one preempted 5 ms call, then 10 us calls
+    m = Timer(fn, min_runs=5, budget_s=10.0, min_sample_s=1e-3, clock=clock).run()
+    assert m.number >= 100 and m.median == pytest.approx(1e-5)
+
+
+def test_slow_calls_during_calibration_are_kept_as_samples():
+    clock = FakeClock()
+    fn = work(clock, 0.1, 0.002, 0.003, 0.004, then=0.002)  # 2-4 ms: one call per sample, none wasted
+    m = Timer(fn, min_runs=5, max_runs=5, budget_s=10.0, target_rel_iqr=0.0, clock=clock).run()
+    assert m.number == 1 and m.samples[:3] == pytest.approx([0.002, 0.003, 0.004])
+    assert m.n == 5 and len(fn.calls) == 1 + 5
+
+
 def test_sync_is_called_inside_the_timed_region_once_per_sample():
     clock = FakeClock()
     fn = work(clock, 0.002)
