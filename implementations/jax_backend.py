@@ -414,7 +414,9 @@ class JaxBackend(BackendBase):
 
     def _ctc(self, logits, targets, input_lengths, target_lengths, blank, zero_infinity):
         from implementations import jax_ctc  # written separately; imported only when CTC is asked for
-        return jax_ctc.ctc(logits, targets, input_lengths, target_lengths, blank=blank, zero_infinity=zero_infinity)
+        # Inputs were validated by BackendBase.ctc already (check=False skips a second pass).
+        return jax_ctc.ctc(logits, targets, input_lengths, target_lengths, blank=blank, zero_infinity=zero_infinity,
+                           device=self.device, check=False)
 
     def _prepare(self, kind, spec, args) -> Callable[[], object]:
         exe = self._compiled(kind, spec, args)
