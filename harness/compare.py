@@ -42,7 +42,8 @@ BOOTSTRAP_SEED = 12345
 #: Metrics that are recomputed from the timed samples of the same case (no information of their own).
 DERIVED = frozenset({"tokens_per_s", "us_per_step", "gflops", "gflops_deepbench", "eff_gemm", "eff_recurrent"})
 #: Extra columns that distinguish two rows of one case and metric.
-KEY_EXTRAS = ("mode", "step", "algorithm", "truncation", "rho", "forget_bias", "init", "kind", "phase", "probe")
+KEY_EXTRAS = ("mode", "step", "algorithm", "truncation", "rho", "forget_bias", "gate_bias", "input_scale", "init",
+              "kind", "seed", "T_eval", "phase", "probe")
 KEY_COLUMNS = ("suite", "case", "backend", "device", "dtype", "metric")
 
 
@@ -60,11 +61,11 @@ class ExactRule:
 #: First match wins. Errors may grow 10× (one decimal digit) above a dtype-sized floor before they fail;
 #: a row's own ``tol`` (absolute tolerance, e.g. the throughput suite's equivalence check) also fails it.
 EXACT_RULES: Tuple[ExactRule, ...] = (
-    ExactRule(r"(^|_)(error|err)$|_error_", +1, 0.0, 0.0, growth=10.0),
+    ExactRule(r"(^|_)(error|err)$|_error_|_diff$", +1, 0.0, 0.0, growth=10.0),
     ExactRule(r"_bytes$|^bytes|peakmem|_memory$", +1, 0.02, 4096.0),
     ExactRule(r"^check_|_ok$|_pass(ed)?$", -1, 0.0, 0.0),
     ExactRule(r"_count$|^n_|flops_count|^flops$", 0, 0.0, 0.0),
-    ExactRule(r"decay|_rate$|_slope$", 0, 1e-3, 1e-9),
+    ExactRule(r"decay|_rate$|_slope$|^pascanu_", 0, 1e-3, 1e-9),
 )
 ERROR_FLOOR = {"float16": 1e-2, "bfloat16": 1e-2, "float32": 1e-5, "float64": 1e-12}
 TIME_UNITS = ("ms", "s", "us", "ns", "seconds")
@@ -197,6 +198,8 @@ def load_run(path: str) -> ResultSet:
         label = {c: _clean(rec.get(c)) for c in KEY_COLUMNS}
         for c in extras:
             v = _clean(rec.get(c))
+            if isinstance(v, float) and v.is_integer() and c in ("seed", "step", "truncation", "T_eval"):
+                v = int(v)  # a column with gaps comes back from pandas as float
             if v is not None:
                 label[c] = v
         key = tuple(sorted((k, str(v)) for k, v in label.items()))
@@ -341,14 +344,15 @@ def judge_exact(metric: str, unit: str, base: float, new: float, dtype: Optional
         return ("same", "both non-finite") if base == new else ("worse", f"{base} -> {new}")
     if not math.isfinite(new):
         return "worse", f"became non-finite ({new})"
-    if tol is not None and new > tol and rule.direction > 0:
+    if tol is not None and abs(new) > tol and rule.direction > 0:
         return "worse", f"{new:.3g} exceeds its tolerance {tol:.3g}"
-    if rule.direction > 0 and rule.growth > 1.0:  # errors
+    if rule.direction > 0 and rule.growth > 1.0:  # errors (signed ones judged by magnitude)
         floor = ERROR_FLOOR.get(str(dtype), ERROR_FLOOR["float64"])
-        limit = max(rule.growth * base, floor)
-        if new > limit:
+        limit = max(rule.growth * abs(base), floor)
+        if abs(new) > limit:
             return "worse", f"{base:.3g} -> {new:.3g}, past max({rule.growth:g}x base, {floor:g})"
-        return ("better" if new < base / rule.growth and base > floor else "same"), f"within max({rule.growth:g}x, {floor:g})"
+        better = abs(new) < abs(base) / rule.growth and abs(base) > floor
+        return ("better" if better else "same"), f"within max({rule.growth:g}x, {floor:g})"
     band = rule.rtol * abs(base) + rule.atol
     d = new - base
     if abs(d) <= band:
