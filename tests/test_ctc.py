@@ -409,3 +409,51 @@ def test_property_numpy_equals_brute_force(case):
     else:
         assert abs(loss[0] - ref) <= 1e-12 * max(abs(ref), 1e-3)
         np.testing.assert_allclose(grad[:, 0], ref_grad, rtol=0, atol=1e-12)
+
+
+# -- the suite and its report section ------------------------------------------------------------------------
+
+def test_suite_cases_are_pure_and_cover_the_classes():
+    from suites.ctc import SUITE, preset_shapes
+    for preset in ("smoke", "quick", "full"):
+        cases = SUITE.cases(preset, ["numpy", "torch-cell", "jax-unroll8"], "cpu")
+        assert {c.backend for c in cases} == {"numpy", "torch", "jax"}   # one CTC per family
+        assert len({c.key for c in cases}) == len(cases)
+    assert "torch-native" in {c.backend for c in SUITE.cases("smoke", ["torch"], "cuda")}
+    classes = {s.case_class for s in preset_shapes("quick")}
+    assert {"random", "repeats", "empty", "tight", "impossible", "blank_last", "peaked", "long", "tiny",
+            "timing"} <= classes
+    with pytest.raises(ValueError, match="preset"):
+        SUITE.cases("huge", None, "cpu")
+
+
+def test_suite_case_data_has_the_promised_structure():
+    from suites.ctc import Shape, make_case_data
+    x, tg, il, tl, blank = make_case_data(Shape("impossible", 20, 6, 6, 8), 0)
+    ok = feasible(tg, il, tl)
+    assert ok[0] and not ok[1::2].any()
+    x, tg, il, tl, blank = make_case_data(Shape("tight", 30, 6, 8, 10), 0)
+    assert (il == tl + repeats(tg, tl)).all()
+    x, tg, il, tl, blank = make_case_data(Shape("blank_last", 30, 6, 8, 8), 0)
+    assert blank == 7
+    check_ctc_inputs(x, tg, il, tl, blank)
+    again = make_case_data(Shape("blank_last", 30, 6, 8, 8), 0)
+    np.testing.assert_array_equal(again[0], x)   # seeded, not hash-randomised
+
+
+def test_suite_numpy_rows_and_report_section(tmp_path):
+    import pandas as pd
+    from suites.base import RunContext
+    from suites.ctc import SUITE
+    from harness.report_ctc import section
+    ctx = RunContext(seed=0, preset="smoke", budget_s=0.01)
+    rows = []
+    for c in SUITE.cases("smoke", ["numpy"], "cpu"):
+        rows += list(SUITE.run(c, ctx))
+    df = pd.DataFrame([{**{k: v for k, v in r.items() if k != "extra"}, **r["extra"]} for r in rows])
+    byname = df.groupby("metric")["value"].max()
+    assert byname["ref_vs_brute_rel"] <= 1e-12 and byname["gamma_sum_dev"] <= 1e-12
+    assert byname["padded_grad_max"] == 0 and byname["loss_grad_ms"] > 0
+    assert df[df["metric"] == "loss_rel_err"]["within_tol"].all()
+    md = section(df, str(tmp_path))
+    assert "## CTC" in md and "ref_vs_brute_rel" in md and (tmp_path / "ctc_timing.png").exists()
