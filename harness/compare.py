@@ -58,12 +58,14 @@ class ExactRule:
     growth: float = 1.0  # errors: the new value may reach growth × base before it counts
 
 
+BYTES_RULE = ExactRule(r"_bytes$|^bytes|peakmem|_memory$", +1, 0.02, 4096.0)
 #: First match wins. Errors may grow 10× (one decimal digit) above a dtype-sized floor before they fail;
 #: a row's own ``tol`` (absolute tolerance, e.g. the throughput suite's equivalence check) also fails it.
 EXACT_RULES: Tuple[ExactRule, ...] = (
-    ExactRule(r"(^|_)(error|err)$|_error_|_diff$", +1, 0.0, 0.0, growth=10.0),
-    ExactRule(r"_bytes$|^bytes|peakmem|_memory$", +1, 0.02, 4096.0),
-    ExactRule(r"^check_|_ok$|_pass(ed)?$", -1, 0.0, 0.0),
+    ExactRule(r"(^|_)(error|err)$|_error_|_diff$|_dev$|_vs_brute|_max$", +1, 0.0, 0.0, growth=10.0),
+    ExactRule(r"mismatch", +1, 0.0, 0.0),
+    BYTES_RULE,
+    ExactRule(r"^check_|_ok$|_pass(ed)?$|_agree$", -1, 0.0, 0.0),
     ExactRule(r"_count$|^n_|flops_count|^flops$", 0, 0.0, 0.0),
     ExactRule(r"decay|_rate$|_slope$|^pascanu_", 0, 1e-3, 1e-9),
 )
@@ -77,7 +79,7 @@ def exact_rule(metric: str, unit: Optional[str] = None) -> Optional[ExactRule]:
         if re.search(r.pattern, metric):
             return r
     if unit in ("bytes", "B"):
-        return EXACT_RULES[1]
+        return BYTES_RULE
     return None
 
 

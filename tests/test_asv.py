@@ -51,7 +51,7 @@ def test_module_imports_with_the_standard_library_only():
 
 def test_classes_are_well_formed_for_asv():
     assert {c.__name__ for c in BENCH_CLASSES} >= {"TimeForward", "TimeTrain", "PeakMemTrain", "TrackThroughput",
-                                                    "TrackGradients"}
+                                                    "TrackGradients", "TrackCTC"}
     for cls in BENCH_CLASSES:
         assert len(cls.params) == len(cls.param_names), cls
         assert all(isinstance(p, list) and p for p in cls.params), cls
@@ -169,3 +169,23 @@ def test_asv_check_finds_no_problem():
         pytest.skip("asv is not installed in this environment (pip install 'rnnbench[asv]')")
     r = subprocess.run([asv, "check", "--python=same"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "No problems found" in r.stdout, r.stdout + r.stderr
+
+
+def test_ctc_tracks_take_the_worst_error_the_suite_reports(monkeypatch):
+    pytest.importorskip("suites.ctc")
+    import suites.ctc as ctc
+
+    def fake_run(case, ctx):
+        v = 1e-12 if case.dtype == "float64" else 1e-6
+        yield case.row("loss_rel_err", v * (2 if "impossible" in case.name else 1), "rel")
+        yield case.row("grad_rel_err", 3 * v, "rel")
+        yield case.row("grad_abs_err", 5 * v, "abs")
+    monkeypatch.setattr(ctc.SUITE, "run", fake_run)
+    monkeypatch.setattr(B, "DEVICES", ["cpu"])
+    monkeypatch.setattr(B, "BACKENDS", ["numpy"])
+    t = B.TrackCTC()
+    cache = t.setup_cache()
+    t.setup(cache, "numpy", "float64", "cpu")
+    assert t.track_loss_max_rel_error(cache, "numpy", "float64", "cpu") == pytest.approx(2e-12)
+    assert t.track_grad_max_error(cache, "numpy", "float64", "cpu") == pytest.approx(3e-12)
+    assert t.track_grad_max_error(cache, "numpy", "float32", "cpu") == pytest.approx(5e-6)

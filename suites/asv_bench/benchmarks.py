@@ -278,3 +278,48 @@ class TrackGradients:
     def track_failed_checks(self, cache, setting):
         return cache["_failed_checks"]
     track_failed_checks.unit = "checks"
+
+
+# -- CTC: max errors against the float64 reference (deterministic) -----------------------------------------
+
+class TrackCTC:
+    """Worst CTC loss/gradient error of a backend against the float64 NumPy reference (smoke cases)."""
+
+    params = (BACKENDS, ["float64", "float32"], DEVICES)
+    param_names = ("backend", "dtype", "device")
+    timeout = 900
+    #: the gradient is judged relative in float64 and absolute in float32 (the suite's tolerances)
+    GRAD_METRIC = {"float64": "grad_rel_err", "float32": "grad_abs_err"}
+
+    def setup_cache(self):
+        out: Dict[Any, Any] = {}
+        for device in DEVICES:
+            for backend in BACKENDS:
+                try:
+                    get_backend(backend, device)
+                    suite = get_suite("ctc")
+                    cases = [c for c in suite.cases("smoke", [backend], device)
+                             if c.backend == backend and c.settings.get("case_class") not in ("tiny", "timing")]
+                except NotImplementedError as e:
+                    for dt in ("float64", "float32"):
+                        out[(backend, device, dt, "loss")] = out[(backend, device, dt, "grad")] = str(e)
+                    continue
+                for dt in ("float64", "float32"):
+                    rows = [r for c in cases if c.dtype == dt for r in suite_rows("ctc", c)]
+                    for what, metric in (("loss", "loss_rel_err"), ("grad", self.GRAD_METRIC[dt])):
+                        vals = [float(r["value"]) for r in rows if r.get("metric") == metric
+                                and r.get("status") == "ok" and r.get("value") is not None]
+                        out[(backend, device, dt, what)] = max(vals) if vals else \
+                            f"the ctc suite reported no {metric} for {backend}/{dt} on {device}"
+        return out
+
+    def setup(self, cache, backend, dtype, device):
+        _cached(cache, (backend, device, dtype, "loss"))
+
+    def track_loss_max_rel_error(self, cache, backend, dtype, device):
+        return _cached(cache, (backend, device, dtype, "loss"))
+    track_loss_max_rel_error.unit = "relative"
+
+    def track_grad_max_error(self, cache, backend, dtype, device):
+        return _cached(cache, (backend, device, dtype, "grad"))
+    track_grad_max_error.unit = "relative (float64) / absolute (float32)"
