@@ -42,7 +42,8 @@ def _add_run(sub) -> None:
                                    "machine, versions, seed and command.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suites", nargs="*", metavar="SUITE",
-                   help=f"suites to run (default: all): {', '.join(SUITES)}")
+                   help=f"suites to run (default: all present): {', '.join(SUITES)}, or module:ATTR for a "
+                        "plug-in suite")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help=f"size of the sweep: {', '.join(PRESETS)} (default: quick, or the resumed run's; "
                         "smoke takes seconds)")
@@ -51,12 +52,16 @@ def _add_run(sub) -> None:
     p.add_argument("--device", default=None, metavar="DEV",
                    help="cpu or cuda (default: cpu, or the resumed run's)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: results/runs/<timestamp>)")
-    p.add_argument("--resume", action="store_true", help="skip cases already recorded in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the run in --out: skip finished cases, re-run the others (a case cut off "
+                        "mid-way is recorded again as a new attempt; the old one is dropped when loading)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="intra-op threads for every backend alike (default: all cores)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of every weight and input (default: 0, or the resumed run's)")
-    p.add_argument("--timeout", type=float, metavar="S", help="per-case time limit in seconds")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="per-case time limit in seconds (default: the suite's, else 300/900/3600 s for "
+                        "smoke/quick/full); a case over it is killed and recorded as 'timeout'")
     p.add_argument("--budget", type=float, metavar="S",
                    help="seconds of timed repeats per measurement (default: set by the preset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (plain lines instead)")

@@ -514,6 +514,7 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
         meta = dict(meta_old)
         meta.setdefault("resumed", []).append({"time": now, "argv": list(argv or sys.argv)})
         meta.pop("end_time", None)
+        meta.setdefault("run_id", f"{_utc_stamp()}-{preset}")
         meta["status"] = "running"
     else:
         meta = collect_meta(run_id=f"{_utc_stamp()}-{preset}", seed=seed, preset=preset, suites=suites,
