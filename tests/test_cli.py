@@ -20,7 +20,7 @@ sys.meta_path.insert(0, _Block())
 
 
 def _run(code: str, *args: str, block: bool = True):
-    prog = (BLOCK if block else "") + code
+    prog = (BLOCK if block else "import sys\n") + code
     return subprocess.run([sys.executable, "-c", prog, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
