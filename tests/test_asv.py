@@ -51,7 +51,7 @@ def test_module_imports_with_the_standard_library_only():
 
 def test_classes_are_well_formed_for_asv():
     assert {c.__name__ for c in BENCH_CLASSES} >= {"TimeForward", "TimeTrain", "PeakMemTrain", "TrackThroughput",
-                                                    "TrackGradients", "TrackCTC"}
+                                                    "TrackGradients", "TrackCTC", "TrackMemory"}
     for cls in BENCH_CLASSES:
         assert len(cls.params) == len(cls.param_names), cls
         assert all(isinstance(p, list) and p for p in cls.params), cls
@@ -189,3 +189,21 @@ def test_ctc_tracks_take_the_worst_error_the_suite_reports(monkeypatch):
     assert t.track_loss_max_rel_error(cache, "numpy", "float64", "cpu") == pytest.approx(2e-12)
     assert t.track_grad_max_error(cache, "numpy", "float64", "cpu") == pytest.approx(3e-12)
     assert t.track_grad_max_error(cache, "numpy", "float32", "cpu") == pytest.approx(5e-6)
+
+
+def test_memory_tracks_report_the_suites_peak_bytes(monkeypatch):
+    pytest.importorskip("suites.memory")
+    import suites.memory as mem
+    seen = []
+
+    def fake_run(case, ctx):
+        seen.append((case.name, ctx.preset))
+        yield case.row("peak_bytes", 1000.0 if case.settings["algorithm"] == "bptt" else 5000.0, "B")
+    monkeypatch.setattr(mem.SUITE, "run", fake_run)
+    monkeypatch.setattr(B, "BACKENDS", ["numpy"])
+    t = B.TrackMemory()
+    cache = t.setup_cache()
+    t.setup(cache, "numpy", "rtrl")
+    assert t.track_peak_bytes(cache, "numpy", "bptt") == 1000.0
+    assert t.track_peak_bytes(cache, "numpy", "rtrl") == 5000.0
+    assert seen and all(name.startswith("Tsweep") for name, _ in seen)

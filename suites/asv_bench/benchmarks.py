@@ -323,3 +323,48 @@ class TrackCTC:
     def track_grad_max_error(self, cache, backend, dtype, device):
         return _cached(cache, (backend, device, dtype, "grad"))
     track_grad_max_error.unit = "relative (float64) / absolute (float32)"
+
+
+# -- memory: measured peak bytes of BPTT / RTRL / truncated BPTT --------------------------------------------
+
+class TrackMemory:
+    """Peak bytes of one gradient computation, measured by the memory suite in a fresh process.
+
+    The case: the suite's T-sweep point with the smallest T for this backend and algorithm (smoke preset,
+    else quick), ``impl`` = the backend's own.
+    """
+
+    params = (BACKENDS, ["bptt", "rtrl", "tbptt"])
+    param_names = ("backend", "algorithm")
+    timeout = 900
+
+    @staticmethod
+    def case_for(backend: str, algorithm: str):
+        suite = get_suite("memory")
+        for preset in ("smoke", "quick"):
+            cs = [c for c in suite.cases(preset, [backend], "cpu")
+                  if c.backend == backend and c.settings.get("algorithm") == algorithm
+                  and c.settings.get("impl", "backend") == "backend" and c.settings.get("sweep") == "T"]
+            if cs:
+                return min(cs, key=lambda c: (c.seq_len, c.hidden_size)), preset
+        raise _skip(f"the memory suite has no {algorithm} case for {backend}")
+
+    def setup_cache(self):
+        out: Dict[Any, Any] = {}
+        for backend in BACKENDS:
+            for alg in self.params[1]:
+                try:
+                    get_backend(backend, "cpu")
+                    case, preset = self.case_for(backend, alg)
+                    v = pick(suite_rows("memory", case, preset), "peak_bytes")
+                    out[(backend, alg)] = v if v is not None else f"no peak_bytes measured for {case.name}"
+                except NotImplementedError as e:
+                    out[(backend, alg)] = str(e)
+        return out
+
+    def setup(self, cache, backend, algorithm):
+        _cached(cache, (backend, algorithm))
+
+    def track_peak_bytes(self, cache, backend, algorithm):
+        return _cached(cache, (backend, algorithm))
+    track_peak_bytes.unit = "bytes"
