@@ -97,6 +97,9 @@ def default_base(repo: str) -> Tuple[Optional[str], str]:
     prev = _git(repo, "rev-parse", "--verify", "--quiet", "HEAD~1^{commit}").stdout.strip()
     if prev:
         return prev, "HEAD~1"
+    if _git(repo, "rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+        return None, ("this is a shallow clone without HEAD's parent (fetch it with `git fetch --deepen=1`, "
+                      "or check out with fetch-depth 2)")
     return None, "HEAD is the first commit (no previous commit to compare against)"
 
 
