@@ -1,0 +1,244 @@
+"""The memory suite's report section: figures and tables from its rows (never re-runs anything).
+
+:func:`section` draws
+
+- ``memory_vs_T.png``: peak bytes vs sequence length per algorithm (log-log), theory dashed;
+- ``memory_vs_H.png``: peak bytes vs hidden size, with the fitted slopes in the legend;
+- ``time_vs_H.png``: time per step vs hidden size (log-log), with fitted slopes;
+- ``crossover_T.png``: the length T* where BPTT's peak passes RTRL's, vs H (measured and theory);
+
+and tables: fitted exponents against the issue's targets, measured/theory ratios, RTRL's GEMM efficiency,
+and truncated BPTT's gradient bias.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional
+
+import numpy as np
+
+ALG_COLORS = {"bptt": "tab:blue", "rtrl": "tab:red", "tbptt": "tab:green", "tbptt-chunked": "tab:olive"}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, fig_dir: str, name: str) -> str:
+    os.makedirs(fig_dir, exist_ok=True)
+    fig.savefig(os.path.join(fig_dir, name), dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return f"figures/{name}"
+
+
+def _col(df, name: str):
+    return df[name] if name in df.columns else None
+
+
+def _alg_label(r) -> str:
+    alg = r.get("algorithm")
+    if alg == "tbptt":
+        k = r.get("truncation")
+        k = int(k) if k is not None and k == k else k
+        return f"tbptt(k={k})" + (" chunked" if r.get("impl") == "chunked" else " (numpy_rnn)")
+    return str(alg)
+
+
+def _alg_color(r) -> str:
+    alg = r.get("algorithm")
+    if alg == "tbptt" and r.get("impl") == "chunked":
+        return ALG_COLORS["tbptt-chunked"]
+    return ALG_COLORS.get(alg, "tab:gray")
+
+
+def _ok(df, metric: str):
+    d = df[(df["metric"] == metric) & (df["status"] == "ok") & df["value"].notna()]
+    return d
+
+
+def _fmt(v, spec=".3g") -> str:
+    try:
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            return "–"
+        return format(float(v), spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _panels(d, by=("cell", "batch")):
+    keys = sorted({tuple(r[k] for k in by) for _, r in d.iterrows()}, key=str)
+    return keys
+
+
+def _fig_vs(df, fig_dir: str, sweep: str, x: str, metric: str, name: str, ylab: str, title: str,
+            theory: bool) -> Optional[str]:
+    d = _ok(df, metric)
+    if "sweep" not in d.columns:
+        return None
+    d = d[d["sweep"] == sweep]
+    if sweep == "H" and metric == "peak_bytes" and len(d):
+        # one length per algorithm: the shortest (RTRL is measured there; BPTT's second length feeds T*)
+        d = d[d["seq_len"] == d.groupby(["backend", "cell", "batch", "algorithm"])["seq_len"].transform("min")]
+    if d.empty:
+        return None
+    plt = _plt()
+    panels = _panels(d)
+    n = len(panels)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    for ax, (cell, batch) in zip(axes.flat, panels):
+        sub = d[(d["cell"] == cell) & (d["batch"] == batch)]
+        for (backend, alg, k, impl), g in sub.groupby(["backend", "algorithm", sub["truncation"].fillna(-1),
+                                                       sub["impl"].fillna("backend")]):
+            g = g.sort_values(x)
+            r0 = g.iloc[0]
+            ls = "-" if backend == "numpy" else ":"
+            xs, ys = g[x].to_numpy(float), g["value"].to_numpy(float)
+            slope = ""
+            if len(g) >= 2:
+                sel = xs >= 32 if sweep == "H" else np.ones_like(xs, bool)
+                if sel.sum() >= 2:
+                    slope = f", slope {np.polyfit(np.log(xs[sel]), np.log(ys[sel]), 1)[0]:.2f}"
+            label = f"{backend} {_alg_label(r0)}{slope}"
+            ax.plot(xs, ys, ls, marker="o", ms=3, color=_alg_color(r0), label=label)
+            if theory and "theory_bytes" in g.columns and backend == "numpy":
+                th = g["theory_bytes"].to_numpy(float)
+                if np.isfinite(th).any():
+                    ax.plot(xs, th, "--", color=_alg_color(r0), alpha=0.6, lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T (steps)" if x == "seq_len" else "hidden size H (units)")
+        ax.set_ylabel(ylab)
+        fixed = f"H={int(sub['hidden_size'].iloc[0])}" if x == "seq_len" else f"T={int(sub['seq_len'].min())}"
+        ax.set_title(f"{cell}, batch {batch}, {fixed}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title + ("  (dashed: theory, NumPy)" if theory else ""), fontsize=11)
+    fig.tight_layout()
+    return _save(fig, fig_dir, name)
+
+
+def _fig_crossover(df, fig_dir: str) -> Optional[str]:
+    d = _ok(df, "crossover_T")
+    if d.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for (backend, cell, batch), g in d.groupby(["backend", "cell", "batch"]):
+        g = g.sort_values("hidden_size")
+        line, = ax.plot(g["hidden_size"], g["value"], "o-", ms=4, label=f"{backend} {cell} B={batch} measured")
+        if "theory_T" in g.columns:
+            ax.plot(g["hidden_size"], g["theory_T"].astype(float), "--", color=line.get_color(), alpha=0.6,
+                    label=f"{backend} {cell} B={batch} theory")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden size H (units)")
+    ax.set_ylabel("crossover length T* (steps)")
+    ax.set_title("Length beyond which BPTT stores more than RTRL")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, fig_dir, "memory_crossover_T.png")
+
+
+def _exponent_table(df) -> List[str]:
+    d = df[df["metric"].isin(["exponent_mem_T", "exponent_mem_H", "exponent_time_H"])]
+    if d.empty:
+        return []
+    lines = ["| backend | cell | batch | algorithm | exponent | value | fit range | target | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in d.sort_values(["metric", "backend", "cell", "batch"]).iterrows():
+        lo, hi = r.get("target_lo"), r.get("target_hi")
+        lo = None if lo is None or lo != lo else lo
+        hi = None if hi is None or hi != hi else hi
+        v = r["value"]
+        if lo is None and hi is None:
+            target, verdict = "–", ""
+        else:
+            target = f"[{_fmt(lo, '.2g') if lo is not None else '−∞'}, {_fmt(hi, '.2g') if hi is not None else '∞'}]"
+            ok = v is not None and v == v and (lo is None or v >= lo) and (hi is None or v <= hi)
+            verdict = "meets" if ok else "**misses**"
+        fr = r.get("fit_range")
+        fr = f"{fr[0]}–{fr[1]}" if isinstance(fr, (list, tuple)) and len(fr) == 2 else "–"
+        lines.append(f"| {r['backend']} | {r['cell']} | {r['batch']} | {_alg_label(r)} | {r['metric']} | "
+                     f"{_fmt(v, '.2f')} | {fr} | {target} | {verdict} |")
+    return lines
+
+
+def _ratio_table(df) -> List[str]:
+    d = _ok(df, "peak_bytes")
+    if d.empty or "ratio" not in d.columns:
+        return []
+    lines = ["| backend | cell | algorithm | batch | H | T | measured | theory | ratio | method |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    d = d.sort_values(["backend", "cell", "algorithm", "batch", "hidden_size", "seq_len"])
+    for _, r in d.iterrows():
+        method = str(r.get("method")) + (" (estimate)" if r.get("estimate") is True else "")
+        lines.append(f"| {r['backend']} | {r['cell']} | {_alg_label(r)} | {r['batch']} | {r['hidden_size']} | "
+                     f"{r['seq_len']} | {_fmt(r['value'] / 2**20, '.3g')} MiB | "
+                     f"{_fmt((r.get('theory_bytes') or float('nan')) / 2**20, '.3g')} MiB | "
+                     f"{_fmt(r.get('ratio'), '.2f')} | {method} |")
+    return lines
+
+
+def section(df, fig_dir: str, **opts: Any) -> str:
+    """Markdown for the memory suite (figures written to ``fig_dir``)."""
+    if "suite" in df.columns:
+        df = df[df["suite"] == "memory"]
+    out = ["## Memory: BPTT vs RTRL vs truncated BPTT", ""]
+    if df.empty:
+        return "\n".join(out + ["_No memory rows._"])
+    out.append("Peak memory of one gradient computation, each measured in a fresh process (NumPy: tracemalloc; "
+               "torch CPU: the process high-water mark; JAX CPU: XLA's compiled memory analysis, an estimate), "
+               "beside the theoretical bytes (BPTT: stored activations ∝ B·T·H; RTRL: influence matrices "
+               "B·H·P, ×2 for the LSTM; tBPTT chunked ∝ B·k·H). NumPy RTRL is measured without dx (which "
+               "would be one BPTT pass). NumPy's `tbptt` through the backend (numpy_rnn) stores the whole "
+               "sequence — it only cuts the adjoint — so it is measured as it is, beside the chunked one.")
+    out.append("")
+    figs = [
+        _fig_vs(df, fig_dir, "T", "seq_len", "peak_bytes", "memory_vs_T.png", "peak memory (bytes)",
+                "Peak memory vs sequence length", True),
+        _fig_vs(df, fig_dir, "H", "hidden_size", "peak_bytes", "memory_vs_H.png", "peak memory (bytes)",
+                "Peak memory vs hidden size (slopes fitted at H ≥ 32)", True),
+        _fig_vs(df, fig_dir, "H", "hidden_size", "time_per_step_us", "time_vs_H.png", "time per step (µs)",
+                "Gradient time per step vs hidden size (slopes at H ≥ 32)", False),
+        _fig_crossover(df, fig_dir),
+    ]
+    for f in figs:
+        if f:
+            out += [f"![{os.path.basename(f)}]({f})", ""]
+    ex = _exponent_table(df)
+    if ex:
+        out += ["### Fitted exponents (log-log slopes) against the targets", ""] + ex + [""]
+    eff = _ok(df, "rtrl_gemm_efficiency")
+    if not eff.empty:
+        out += ["### NumPy RTRL: GEMM efficiency", "",
+                "| cell | batch | H | achieved GFLOP/s | ceiling GFLOP/s | efficiency |", "|---|---|---|---|---|---|"]
+        for _, r in eff.sort_values(["cell", "batch", "hidden_size"]).iterrows():
+            out.append(f"| {r['cell']} | {r['batch']} | {r['hidden_size']} | {_fmt(r.get('achieved_gflops'))} | "
+                       f"{_fmt(r.get('ceiling_gflops'))} | {_fmt(100 * r['value'], '.0f')} % |")
+        out.append("")
+    cr = _ok(df, "crossover_T")
+    if not cr.empty:
+        out += ["### Crossover length T* (BPTT's peak passes RTRL's)", "",
+                "| backend | cell | batch | H | T* measured | T* theory | extrapolated |", "|---|---|---|---|---|---|---|"]
+        for _, r in cr.sort_values(["backend", "cell", "batch", "hidden_size"]).iterrows():
+            out.append(f"| {r['backend']} | {r['cell']} | {r['batch']} | {r['hidden_size']} | {_fmt(r['value'], '.0f')} | "
+                       f"{_fmt(r.get('theory_T'), '.0f')} | {r.get('extrapolated')} |")
+        out.append("")
+    tb = _ok(df, "tbptt_grad_rel_diff")
+    if not tb.empty:
+        out += ["### Truncated BPTT: distance of the gradient from BPTT's", "",
+                "| cell | batch | T | k | ‖g_tbptt − g_bptt‖ / ‖g_bptt‖ |", "|---|---|---|---|---|"]
+        for _, r in tb.sort_values(["cell", "batch", "seq_len"]).iterrows():
+            out.append(f"| {r['cell']} | {r['batch']} | {r['seq_len']} | {r.get('truncation')} | {_fmt(r['value'])} |")
+        out.append("")
+    rt = _ratio_table(df)
+    if rt:
+        out += ["### Measured / theoretical peak memory", ""] + rt + [""]
+    return "\n".join(out)

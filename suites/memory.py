@@ -1,0 +1,408 @@
+"""The memory suite: what BPTT, RTRL and truncated BPTT cost in memory and time, measured against theory.
+
+Every case is one point ``(backend, cell, algorithm, B, T, H)``; its ``run`` yields
+
+=====================  =======  ==============================================================================
+metric                 unit     meaning
+=====================  =======  ==============================================================================
+peak_bytes             B        peak bytes of one gradient computation, measured in a fresh process
+                                (:mod:`harness.memory`); extra: ``theory_bytes``, ``ratio`` (measured/theory),
+                                ``method``, ``estimate``, ``algorithm``, ``truncation``, ``impl``, ``scope``
+time_per_step_us       us       median time of one gradient computation / steps (:class:`harness.timing.Timer`;
+                                RTRL is timed over ``timed_steps`` steps, its per-step cost does not depend on T)
+rtrl_gemm_efficiency   ratio    NumPy RTRL only: GEMM FLOP/s achieved (``rtrl_flops_per_step`` / time per step)
+                                over the NumPy square-GEMM ceiling measured in the same worker, same dtype
+tbptt_grad_rel_diff    rel      tbptt(k) only: relative L2 distance of its parameter gradient from BPTT's
+                                (the bias of truncation, reported, not hidden)
+=====================  =======  ==============================================================================
+
+and, last for every backend family, a ``summary`` case derives from the rows already written to this run
+(read back with :func:`harness.records.scan` from ``ctx.run_dir``; nothing is re-measured, and without a
+run directory the summary is skipped):
+
+- ``exponent_mem_T`` — slope of log(peak) vs log(T) over the T sweep (BPTT ≈ 1, RTRL ≈ 0);
+- ``exponent_mem_H`` — slope of log(peak) vs log(H) over the H sweep at H ≥ 32 (RTRL ≈ 3, BPTT ≈ 1);
+- ``exponent_time_H`` — slope of log(time per step) vs log(H) between the two largest H (RTRL → 4, BPTT → 2);
+  ``exponent_all`` in extra is the fit over every H ≥ 32;
+- ``crossover_T`` — per H: the length T* where BPTT's peak passes RTRL's, from BPTT's peaks at two lengths
+  (a line ``a + b·T``) and RTRL's peak: ``T* = (R − a)/b``; ``theory_T`` beside it, ``extrapolated`` when T*
+  lies outside the measured lengths.
+
+Every derived row carries ``fit_range``, ``n_points`` and the ``target`` interval from the issue.
+
+Presets (float64 throughout: RTRL is the exact-gradient reference):
+``smoke`` seconds — rnn_tanh, H ≤ 16, three lengths. ``quick`` about two minutes on 2 cores — rnn_tanh full
+sweeps (T 50..400 at H=16; H 16..128), LSTM and GRU T sweeps and H up to 64, batch 8 at H ≤ 32, torch and
+JAX on the rnn_tanh T sweep. ``full`` — longer T (to 1600), H to 256 (rnn_tanh) / 128 (LSTM, GRU), batch 1
+and 8, every backend, and the GPU (``--device cuda``: torch and JAX only; NumPy is CPU-only).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from suites.base import Case, RunContext, Suite
+
+DEFAULT_BACKENDS = ("numpy", "torch", "torch-cell", "jax")
+#: algorithms each backend offers here (NumPy tbptt comes in two implementations: see harness.memory)
+OFFERED = {"numpy": ("bptt", "rtrl", "tbptt"), "torch": ("bptt",), "torch-cell": ("bptt", "tbptt"),
+           "torch-compile": ("bptt",), "jax": ("bptt", "rtrl"), "jax-unroll8": ("bptt",)}
+#: variants left out of this suite (same memory behaviour as their family's main backend)
+SKIPPED = ("torch-compile", "torch-native", "jax-unroll8")
+BUDGET_S = {"smoke": 0.05, "quick": 0.15, "full": 1.0}
+TARGETS = {("exponent_mem_T", "bptt"): (0.9, 1.1), ("exponent_mem_T", "rtrl"): (-0.1, 0.1),
+           ("exponent_mem_H", "rtrl"): (2.7, 3.3), ("exponent_time_H", "rtrl"): (3.5, None),
+           ("exponent_mem_T", "tbptt"): (None, None)}
+EFFICIENCY_H = 128  # the H at which the issue asks for RTRL's GEMM efficiency
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measurement point of a preset."""
+
+    sweep: str        # "T" or "H"
+    cell: str
+    batch: int
+    seq_len: int
+    hidden: int
+    algorithm: str
+    truncation: Optional[int] = None
+    impl: str = "backend"
+    layers: int = 1
+
+    @property
+    def name(self) -> str:
+        alg = self.algorithm + (f"{self.truncation}" if self.truncation else "") + \
+            ("-chunked" if self.impl == "chunked" else "")
+        return f"{self.sweep}sweep-{self.cell}-L{self.layers}-B{self.batch}-T{self.seq_len}-H{self.hidden}-{alg}"
+
+
+def _points(preset: str) -> List[Point]:
+    """Every NumPy point of a preset (other backends take the subset they offer, see :func:`_for_backend`)."""
+    P: List[Point] = []
+
+    def t_sweep(cell, H, B, Ts, k, rtrl_max_T=None):
+        for T in Ts:
+            P.append(Point("T", cell, B, T, H, "bptt"))
+            if rtrl_max_T is None or T <= rtrl_max_T:  # RTRL's peak is flat in T; its run time is not
+                P.append(Point("T", cell, B, T, H, "rtrl"))
+            P.append(Point("T", cell, B, T, H, "tbptt", k, "chunked"))
+        for T in (Ts[0], Ts[-1]):
+            P.append(Point("T", cell, B, T, H, "tbptt", k))  # numpy_rnn's tbptt: whole sequence stored
+
+    def h_sweep(cell, Hs, B, T_pair):
+        for H in Hs:
+            for T in T_pair:  # BPTT at two lengths: the line a + b·T behind the crossover T*
+                P.append(Point("H", cell, B, T, H, "bptt"))
+            P.append(Point("H", cell, B, T_pair[0], H, "rtrl"))
+
+    if preset == "smoke":
+        t_sweep("rnn_tanh", 8, 1, (10, 20, 40), 5)
+        h_sweep("rnn_tanh", (8, 16), 1, (10, 20))
+    elif preset == "quick":
+        # B = 8 on the T sweeps: the per-step storage then dominates the fixed part (parameter gradient,
+        # buffers) already at T = 200, so the fitted slope measures the T-dependence, not the intercept.
+        t_sweep("rnn_tanh", 16, 8, (200, 400, 800, 1600), 50, rtrl_max_T=800)
+        for cell in ("lstm", "gru"):
+            t_sweep(cell, 16, 8, (200, 800, 1600), 50, rtrl_max_T=800)
+        h_sweep("rnn_tanh", (16, 32, 64, 128), 1, (10, 40))
+        h_sweep("rnn_tanh", (16, 32, 64), 8, (10, 40))
+        for cell in ("lstm", "gru"):
+            h_sweep(cell, (16, 32, 64), 1, (10, 40))
+    else:
+        for B in (1, 8):
+            t_sweep("rnn_tanh", 16, B, (200, 400, 800, 1600, 3200), 50)
+            h_sweep("rnn_tanh", (16, 32, 64, 128) + ((256,) if B == 1 else ()), B, (10, 100))
+            for cell in ("lstm", "gru"):
+                t_sweep(cell, 16, B, (200, 400, 800, 1600, 3200), 50)
+                h_sweep(cell, (16, 32, 64) + ((128,) if B == 1 else ()), B, (10, 100))
+            P.append(Point("T", "lstm", B, 200, 32, "rtrl", layers=2))
+            P.append(Point("T", "lstm", B, 400, 32, "rtrl", layers=2))
+            P.append(Point("T", "lstm", B, 200, 32, "bptt", layers=2))
+            P.append(Point("T", "lstm", B, 400, 32, "bptt", layers=2))
+    return P
+
+
+def _for_backend(backend: str, preset: str, device: str) -> List[Point]:
+    pts = _points(preset)
+    if backend == "numpy":
+        return pts if device == "cpu" else []
+    if preset == "smoke" or backend in SKIPPED:
+        return []  # smoke: NumPy only (a fresh JAX/torch process costs seconds per point)
+    offered = OFFERED.get(backend, ("bptt",))
+    out = []
+    for p in pts:
+        if p.algorithm not in offered or p.impl == "chunked":
+            continue
+        if preset == "quick":
+            # quick: other frameworks on the rnn_tanh T sweep, at its two ends (a slope needs two points)
+            if p.cell != "rnn_tanh" or p.sweep != "T" or p.seq_len not in (200, 1600):
+                continue
+            if p.algorithm == "rtrl" and p.seq_len > 200:
+                continue  # JAX forward mode on T=1600 compiles and runs for minutes: full preset only
+        out.append(p)
+    return out
+
+
+def _family(name: str) -> str:
+    return name.split("-")[0] if ":" not in name else name
+
+
+class MemorySuite(Suite):
+    """BPTT vs RTRL vs truncated BPTT: peak memory and time against theory; fitted exponents, T*."""
+
+    name = "memory"
+    timeout_s = {"smoke": 120.0, "quick": 300.0, "full": 3600.0}
+
+    def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
+        """One case per point and backend; then one ``summary`` case per backend family, last."""
+        self.check_preset(preset)
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device: got {device!r}; allowed: cpu, cuda")
+        names = list(dict.fromkeys(backends or DEFAULT_BACKENDS))
+        out: List[Case] = []
+        families: Dict[str, str] = {}
+        for b in names:
+            pts = _for_backend(b, preset, device)
+            for p in pts:
+                settings = {"sweep": p.sweep, "algorithm": p.algorithm, "truncation": p.truncation, "impl": p.impl}
+                out.append(Case(suite=self.name, name=p.name, backend=b, device=device, cell=p.cell,
+                                layers=p.layers, batch=p.batch, seq_len=p.seq_len, input_size=p.hidden,
+                                hidden_size=p.hidden, dtype="float64", settings=settings))
+            if pts:
+                families.setdefault(_family(b), b)
+        for fam, b in families.items():
+            out.append(Case(suite=self.name, name=f"summary-{fam}", backend=b, device=device,
+                            settings={"kind": "summary", "family": fam}))
+        return out
+
+    # -- running --------------------------------------------------------------------------------------
+    def run(self, case: Case, ctx: RunContext) -> Iterator[Dict[str, Any]]:
+        if case.settings.get("kind") == "summary":
+            yield from self._summary(case, ctx)
+            return
+        from harness.memory import make_request, measure_peak
+        s = case.settings
+        alg, k, impl = s["algorithm"], s.get("truncation"), s.get("impl", "backend")
+        common = {"algorithm": alg, "truncation": k, "impl": impl, "sweep": s.get("sweep")}
+        req = make_request(case.backend, case.device, case.cell, case.layers, case.batch, case.seq_len,
+                           case.input_size, case.hidden_size, case.dtype, alg, k, impl, seed=ctx.seed)
+        res = measure_peak(req, timeout_s=240.0, threads=ctx.threads)
+        extra = {key: res.get(key) for key in ("theory_bytes", "ratio", "method", "estimate", "scope")}
+        extra.update({key: v for key, v in res.items() if key.endswith("_bytes") and key not in ("peak_bytes",)})
+        if impl == "backend" and alg == "tbptt" and case.backend == "numpy":
+            extra["note"] = "numpy_rnn's tbptt stores the whole sequence (it only cuts the adjoint)"
+        yield case.row("peak_bytes", res.get("peak_bytes"), "B", status=res.get("status", "error"),
+                       reason=res.get("reason", ""), **common, **extra)
+        yield from self._timing(case, ctx, common)
+
+    def _timing(self, case: Case, ctx: RunContext, common: dict) -> Iterator[Dict[str, Any]]:
+        from harness.timing import Timer
+        spec = case.spec()
+        alg, k, impl = common["algorithm"], common["truncation"], common["impl"]
+        T, B = case.seq_len, case.batch
+        rng = np.random.default_rng(ctx.seed + 1)
+        from harness.params import init_params
+        params = init_params(spec, seed=ctx.seed, dtype=case.dtype)
+        steps = T
+        if alg == "rtrl":  # per-step cost is T-independent: time a few steps only
+            steps = min(T, 8 if spec.hidden_size <= 32 else (4 if spec.hidden_size <= 64 else 2))
+        x = rng.standard_normal((steps, B, spec.input_size)).astype(case.dtype)
+        dy = rng.standard_normal((steps, B, spec.hidden_size)).astype(case.dtype)
+        try:
+            be = _backend(case.backend, case.device, ctx.threads)
+            if case.backend == "numpy" and alg == "rtrl":
+                from implementations import numpy_rtrl
+                fn = lambda: numpy_rtrl.rtrl_grads(spec, params, x, None, dy, None)  # noqa: E731
+            elif case.backend == "numpy" and impl == "chunked":
+                from implementations import numpy_rtrl
+                fn = lambda: numpy_rtrl.tbptt_chunked_vjp(spec, params, x, None, dy, None, k)  # noqa: E731
+            elif alg == "bptt":
+                fn = be.prepare_train(spec, params, x, None, dy, None)
+            else:
+                be.vjp(spec, params, x, None, dy, None, algorithm=alg, truncation=k)  # compile outside the timer
+                fn = lambda: be.vjp(spec, params, x, None, dy, None, algorithm=alg, truncation=k)  # noqa: E731
+            budget = ctx.budget_s if ctx.budget_s is not None else BUDGET_S.get(ctx.preset, 0.3)
+            m = Timer(fn, warmup=1, min_runs=3, budget_s=budget).run()
+        except NotImplementedError as e:
+            yield case.row("time_per_step_us", None, "us", status="skipped", reason=str(e), **common)
+            return
+        per = [v / steps * 1e6 for v in m.samples]
+        yield case.row("time_per_step_us", m.median / steps * 1e6, "us", samples=per, timed_steps=steps,
+                       compile_s=m.compile_s, **common)
+        if case.backend == "numpy" and alg == "rtrl":
+            from implementations import numpy_rtrl
+            ceil = _gemm_ceiling(case.dtype, ctx)
+            achieved = numpy_rtrl.rtrl_flops_per_step(spec, B) / (m.median / steps) / 1e9
+            yield case.row("rtrl_gemm_efficiency", achieved / ceil if ceil else None, "ratio",
+                           achieved_gflops=achieved, ceiling_gflops=ceil, ceiling="numpy square GEMM 1024",
+                           **common)
+        if alg == "tbptt" and impl == "chunked":
+            yield from self._tbptt_bias(case, spec, params, ctx, common)
+
+    def _tbptt_bias(self, case, spec, params, ctx, common) -> Iterator[Dict[str, Any]]:
+        """How far tbptt(k)'s parameter gradient is from BPTT's (one full-length computation, float64)."""
+        from implementations import numpy_rnn, numpy_rtrl
+        rng = np.random.default_rng(ctx.seed + 2)
+        T, B = case.seq_len, case.batch
+        x = rng.standard_normal((T, B, spec.input_size))
+        dy = rng.standard_normal((T, B, spec.hidden_size))
+        full = numpy_rnn.vjp(spec, params, x, None, dy, None).params.flat()
+        cut = numpy_rtrl.tbptt_chunked_vjp(spec, params, x, None, dy, None, common["truncation"]).params.flat()
+        d = float(np.linalg.norm(cut - full) / max(np.linalg.norm(full), 1e-300))
+        yield case.row("tbptt_grad_rel_diff", d, "rel", **common)
+
+    # -- derived rows -----------------------------------------------------------------------------------
+    def _summary(self, case: Case, ctx: RunContext) -> Iterator[Dict[str, Any]]:
+        fam = case.settings["family"]
+        if not ctx.run_dir:
+            yield case.row("summary", None, "", status="skipped", reason="no run directory to read the rows from")
+            return
+        from harness.records import scan
+        rows, _, _, _ = scan(ctx.run_dir)
+        rows = [r for r in rows if r.get("suite") == self.name and r.get("status") == "ok"
+                and _family(r.get("backend") or "") == fam and r.get("value") is not None]
+        yield from derive(rows, case)
+
+
+def _fit(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
+    """Least-squares slope of log(y) on log(x); None with fewer than two distinct x."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    ok = (xs > 0) & (ys > 0)
+    xs, ys = xs[ok], ys[ok]
+    if len(np.unique(xs)) < 2:
+        return None
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def _key(r: dict) -> Tuple:
+    e = r.get("extra") or {}
+    return (r["backend"], r["cell"], r.get("layers"), r["batch"], e.get("algorithm"), e.get("truncation"),
+            e.get("impl"))
+
+
+def derive(rows: List[dict], case: Case) -> Iterator[Dict[str, Any]]:
+    """Exponents and crossovers from measured rows (see the module docstring)."""
+    from harness.records import make_row
+    groups: Dict[Tuple, Dict[str, List[dict]]] = {}
+    for r in rows:
+        sweep = (r.get("extra") or {}).get("sweep")
+        if r["metric"] in ("peak_bytes", "time_per_step_us") and sweep in ("T", "H"):
+            groups.setdefault(_key(r) + (sweep,), {}).setdefault(r["metric"], []).append(r)
+
+    def out(key, metric, value, unit, **extra):
+        backend, cell, layers, batch, alg, k, impl = key[:7]
+        fields = {"suite": case.suite, "case": case.name, "backend": backend, "variant": backend,
+                  "device": case.device, "dtype": "float64", "cell": cell, "layers": layers, "batch": batch}
+        lo, hi = TARGETS.get((metric, alg), (None, None))
+        return make_row(fields, metric, value, unit, algorithm=alg, truncation=k, impl=impl,
+                        target_lo=lo, target_hi=hi, **extra)
+
+    for key, by in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        sweep = key[7]
+        mem = by.get("peak_bytes", [])
+        tim = by.get("time_per_step_us", [])
+        if sweep == "T":
+            pts = sorted((r["seq_len"], r["value"]) for r in mem)
+            e = _fit([p[0] for p in pts], [p[1] for p in pts])
+            if e is not None:
+                yield out(key, "exponent_mem_T", e, "exponent", fit_range=[pts[0][0], pts[-1][0]], n_points=len(pts),
+                          hidden_size=mem[0]["hidden_size"])
+        else:
+            # Memory vs H: at one T per algorithm (RTRL's T; BPTT's shorter T), H >= 32.
+            T0 = min(r["seq_len"] for r in mem) if mem else None
+            pts = sorted((r["hidden_size"], r["value"]) for r in mem if r["seq_len"] == T0 and r["hidden_size"] >= 32)
+            e = _fit([p[0] for p in pts], [p[1] for p in pts])
+            if e is not None:
+                yield out(key, "exponent_mem_H", e, "exponent", fit_range=[pts[0][0], pts[-1][0]], n_points=len(pts),
+                          seq_len=T0)
+            T0t = min(r["seq_len"] for r in tim) if tim else None
+            pts = sorted((r["hidden_size"], r["value"]) for r in tim if r["seq_len"] == T0t and r["hidden_size"] >= 32)
+            if len(pts) >= 2:
+                e_last = _fit([p[0] for p in pts[-2:]], [p[1] for p in pts[-2:]])
+                yield out(key, "exponent_time_H", e_last, "exponent", fit_range=[pts[-2][0], pts[-1][0]],
+                          n_points=2, exponent_all=_fit([p[0] for p in pts], [p[1] for p in pts]),
+                          all_range=[pts[0][0], pts[-1][0]])
+    # Crossover T* per (backend family, cell, batch, H): BPTT line vs RTRL level (same backend family).
+    bptt: Dict[Tuple, List[Tuple[int, float, float]]] = {}
+    rtrl: Dict[Tuple, dict] = {}
+    for r in rows:
+        e = r.get("extra") or {}
+        if r["metric"] != "peak_bytes" or e.get("sweep") != "H":
+            continue
+        k = (r["cell"], r.get("layers"), r["batch"], r["hidden_size"])
+        if e.get("algorithm") == "bptt":
+            bptt.setdefault(k + (r["backend"],), []).append((r["seq_len"], r["value"], e.get("theory_bytes")))
+        elif e.get("algorithm") == "rtrl":
+            rtrl[k] = r
+    for k5, pts in sorted(bptt.items(), key=lambda kv: str(kv[0])):
+        k = k5[:4]
+        if k not in rtrl or len({p[0] for p in pts}) < 2:
+            continue
+        pts.sort()
+        (t1, m1, th1), (t2, m2, th2) = pts[0], pts[-1]
+        b = (m2 - m1) / (t2 - t1)
+        a = m1 - b * t1
+        R = rtrl[k]["value"]
+        Rth = (rtrl[k].get("extra") or {}).get("theory_bytes")
+        t_star = (R - a) / b if b > 0 else None
+        t_th = None
+        if th1 and th2 and Rth:
+            bt = (th2 - th1) / (t2 - t1)
+            t_th = (Rth - (th1 - bt * t1)) / bt if bt > 0 else None
+        key = (k5[4], k[0], k[1], k[2], "bptt_vs_rtrl", None, "backend")
+        yield out(key, "crossover_T", t_star, "steps", hidden_size=k[3], theory_T=t_th,
+                  extrapolated=bool(t_star is None or not (t1 <= t_star <= t2)), bptt_bytes_per_step=b,
+                  bptt_intercept_bytes=a, rtrl_peak_bytes=R, rtrl_backend=rtrl[k]["backend"],
+                  fit_range=[t1, t2])
+
+
+_BACKENDS: Dict[tuple, Any] = {}
+_CEIL: Dict[str, float] = {}
+
+
+def _backend(name: str, device: str, threads: Optional[int]):
+    """One backend instance per worker process (JIT caches and thread settings live with it)."""
+    from harness import backends as registry
+    key = (name, device, threads)
+    if key not in _BACKENDS:
+        b = registry.get(name, device)
+        if threads:
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                b.set_threads(threads)
+        _BACKENDS[key] = b
+    return _BACKENDS[key]
+
+
+def _gemm_ceiling(dtype: str, ctx: RunContext) -> Optional[float]:
+    """GFLOP/s of a 1024² NumPy GEMM in this worker (measured once per dtype), or None."""
+    if dtype not in _CEIL:
+        try:
+            from harness.ceilings import measure
+            c = measure("numpy", "gemm_square", (1024, 1024, 1024), "cpu", dtype,
+                        **({"budget_s": 0.5} if _accepts_budget(measure) else {}))
+            _CEIL[dtype] = float(c.gflops)
+        except Exception:  # noqa: BLE001 - fall back to our own Timer of the same GEMM
+            from harness.timing import Timer
+            rng = np.random.default_rng(0)
+            a = rng.standard_normal((1024, 1024)).astype(dtype)
+            out = np.empty_like(a)
+            m = Timer(lambda: np.matmul(a, a, out=out), min_runs=5, budget_s=0.5).run()
+            _CEIL[dtype] = 2 * 1024 ** 3 / m.median / 1e9
+    return _CEIL[dtype]
+
+
+def _accepts_budget(fn) -> bool:
+    import inspect
+    try:
+        return "budget_s" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+SUITE = MemorySuite()

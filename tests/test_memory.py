@@ -1,0 +1,140 @@
+"""harness/memory.py (probes in fresh processes, theory), suites/memory.py (cases, derived rows), report section."""
+import os
+
+import numpy as np
+import pytest
+
+from harness import memory
+from harness.spec import CellSpec
+from implementations import numpy_rtrl
+
+
+def test_theory_scaling():
+    spec = CellSpec("lstm", 16, 16)
+    b = [memory.theory_bytes(spec, T, 4, "float64", "bptt") for T in (100, 200, 300)]
+    assert b[1] - b[0] == b[2] - b[1] > 0  # exactly linear in T
+    r = [memory.theory_bytes(spec, T, 4, "float64", "rtrl") for T in (10, 1000)]
+    assert r[0] == r[1]  # RTRL does not depend on T
+    k = [memory.theory_bytes(spec, T, 4, "float64", "tbptt", 10, "chunked") for T in (100, 1000)]
+    assert (k[1] - k[0]) == 900 * 4 * 16 * 8  # only dx (T·B·I) grows with T
+    assert memory.theory_bytes(spec, 100, 4, "float64", "tbptt", 10) == b[0]  # numpy_rnn stores everything
+    assert memory.theory_bytes(spec, 100, 4, "float32", "bptt") * 2 == b[0]
+
+
+@pytest.mark.parametrize("kw,match", [(dict(algorithm="bogus"), "algorithm"),
+                                      (dict(algorithm="tbptt", truncation=0), "truncation"),
+                                      (dict(algorithm="tbptt", truncation=1.5), "truncation"),
+                                      (dict(algorithm="bptt", truncation=4), "truncation"),
+                                      (dict(algorithm="bptt", impl="chunked"), "impl"),
+                                      (dict(algorithm="bptt", batch=0), "batch")])
+def test_make_request_rejects_bad_input(kw, match):
+    args = dict(backend="numpy", device="cpu", cell="rnn_tanh", layers=1, batch=2, seq_len=5, input_size=3,
+                hidden_size=4, dtype="float64")
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        memory.make_request(**args)
+
+
+def _req(**kw):
+    a = dict(backend="numpy", device="cpu", cell="lstm", layers=1, batch=4, seq_len=100, input_size=32,
+             hidden_size=32, dtype="float64", algorithm="bptt")
+    a.update(kw)
+    return memory.make_request(**a)
+
+
+def test_numpy_probe_plausible():
+    """tracemalloc peak >= the bytes BPTT must store; RTRL near its influence matrices; chunked tBPTT smaller."""
+    bp = memory.measure_peak(_req())
+    assert bp["status"] == "ok" and bp["method"] == "tracemalloc" and bp["estimate"] is False
+    assert bp["peak_bytes"] >= bp["theory_bytes"]
+    assert bp["ratio"] < 2.0
+    rt = memory.measure_peak(_req(algorithm="rtrl", seq_len=5))
+    infl = numpy_rtrl.rtrl_memory(CellSpec("lstm", 32, 32), 4, "float64")["influence"]
+    assert rt["status"] == "ok" and infl <= rt["peak_bytes"] <= 2.0 * rt["theory_bytes"]
+    ch = memory.measure_peak(_req(algorithm="tbptt", truncation=10, impl="chunked"))
+    full = memory.measure_peak(_req(algorithm="tbptt", truncation=10))
+    assert ch["status"] == full["status"] == "ok"
+    assert ch["peak_bytes"] < 0.6 * full["peak_bytes"]
+
+
+def test_probe_reports_refusal_and_errors():
+    # A request far beyond any machine's memory: RTRL refuses up front, the probe says so (no crash).
+    r = memory.measure_peak(_req(algorithm="rtrl", hidden_size=4096, input_size=4096, batch=64, seq_len=1))
+    assert r["status"] == "skipped" and "bytes" in r["reason"] and r["peak_bytes"] is None
+    r = memory.measure_peak(_req(backend="nonexistent"))
+    assert r["status"] in ("skipped", "error") and r["reason"]
+
+
+def test_torch_probe():
+    pytest.importorskip("torch")
+    r = memory.measure_peak(_req(backend="torch", seq_len=200))
+    assert r["status"] == "ok", r
+    assert r["method"] in ("vmhwm", "ru_maxrss") and r["peak_bytes"] > 0
+
+
+def test_suite_cases_and_derive(tmp_path):
+    from harness.records import RowWriter
+    from suites.base import RunContext
+    from suites.memory import SUITE, derive
+
+    for preset in ("smoke", "quick", "full"):
+        cs = SUITE.cases(preset, ["numpy", "torch", "jax"], "cpu")
+        assert cs[-1].settings.get("kind") == "summary"
+        assert len({c.key for c in cs}) == len(cs)
+    assert all(c.backend == "numpy" for c in SUITE.cases("smoke", None, "cpu"))
+    assert not [c for c in SUITE.cases("quick", ["numpy"], "cuda") if c.backend == "numpy"]
+    with pytest.raises(ValueError, match="preset"):
+        SUITE.cases("huge", None, "cpu")
+    # Synthetic rows with known exponents: BPTT mem ∝ T, RTRL flat; RTRL mem ∝ H³, time ∝ H⁴.
+    case = SUITE.cases("smoke", ["numpy"], "cpu")[-1]
+    rows = []
+    from suites.base import Case
+
+    def add(sweep, alg, T, H, mem, tim):
+        c = Case("memory", f"x-{sweep}-{alg}-{T}-{H}", "numpy", "cpu", "rnn_tanh", 1, 1, T, H, H, "float64",
+                 settings={"sweep": sweep, "algorithm": alg, "truncation": None, "impl": "backend"})
+        rows.append(c.row("peak_bytes", mem, "B", theory_bytes=mem))
+        rows.append(c.row("time_per_step_us", tim, "us"))
+    for T in (100, 200, 400):
+        add("T", "bptt", T, 16, 1000.0 * T, 1.0)
+        add("T", "rtrl", T, 16, 5e5, 1.0)
+    for H in (16, 32, 64, 128):
+        add("H", "rtrl", 10, H, float(H) ** 3, float(H) ** 4)
+        add("H", "bptt", 10, H, 100.0 * H * 10, float(H) ** 2)
+        add("H", "bptt", 40, H, 100.0 * H * 40, float(H) ** 2)
+    d = {(r["metric"], r["extra"]["algorithm"], r["extra"].get("hidden_size")): r for r in derive(rows, case)}
+    assert d[("exponent_mem_T", "bptt", 16)]["value"] == pytest.approx(1.0)
+    assert d[("exponent_mem_T", "rtrl", 16)]["value"] == pytest.approx(0.0, abs=1e-12)
+    assert d[("exponent_mem_H", "rtrl", None)]["value"] == pytest.approx(3.0)
+    assert d[("exponent_time_H", "rtrl", None)]["value"] == pytest.approx(4.0)
+    assert d[("exponent_time_H", "bptt", None)]["value"] == pytest.approx(2.0)
+    x = d[("crossover_T", "bptt_vs_rtrl", 64)]
+    assert x["value"] == pytest.approx(64.0 ** 3 / (100 * 64))  # R / (bytes per step)
+    # The summary case reads the rows back from the run directory.
+    with RowWriter(str(tmp_path), "r1") as w:
+        for r in rows:
+            w.write(r)
+    out = list(SUITE.run(case, RunContext(run_dir=str(tmp_path), preset="smoke")))
+    assert {r["metric"] for r in out} >= {"exponent_mem_T", "exponent_mem_H", "crossover_T"}
+    assert list(SUITE.run(case, RunContext(run_dir=None)))[0]["status"] == "skipped"
+
+
+def test_report_section(tmp_path):
+    pytest.importorskip("matplotlib")
+    import pandas as pd
+    from harness.report_memory import section
+    from suites.memory import SUITE
+
+    # Run the smoke preset's first few NumPy cases for real and render them.
+    cases = [c for c in SUITE.cases("smoke", ["numpy"], "cpu") if c.settings.get("sweep") == "T"][:6]
+    from suites.base import RunContext
+    rows = [r for c in cases for r in SUITE.run(c, RunContext(preset="smoke", budget_s=0.01))]
+    flat = []
+    for r in rows:
+        f = {k: v for k, v in r.items() if k != "extra"}
+        f.update(r["extra"])
+        flat.append(f)
+    df = pd.DataFrame(flat)
+    md = section(df, str(tmp_path / "figures"))
+    assert "## Memory" in md and "memory_vs_T.png" in md
+    assert os.path.getsize(tmp_path / "figures" / "memory_vs_T.png") > 1000
