@@ -111,9 +111,14 @@ def one_trial(trees: Dict[str, str], head_key: str, cfg: gate.GateConfig, loose:
             "pass1": stats1, "pass2": stats2, "raw1": rec1, "raw2": rec2}
 
 
-def gate_fails(trial: Dict[str, Any], threshold: float, alpha: float) -> bool:
-    """Would the gate have exited 1 with these settings? (flagged, and flagged again on re-run)"""
+def gate_fails(trial: Dict[str, Any], threshold: float, alpha: float, only: Optional[str] = None) -> bool:
+    """Would the gate have exited 1 with these settings? (flagged, and flagged again on re-run)
+
+    ``only``: count only comparisons whose key contains this text (``"lstm"``: a detection for the right reason).
+    """
     for k, st in trial["pass1"].items():
+        if only is not None and only not in k:
+            continue
         if _flag(st, threshold, alpha):
             st2 = trial["pass2"].get(k)
             if st2 is not None and _flag(st2, threshold, alpha):
@@ -130,17 +135,19 @@ def summarise(trials: List[Dict[str, Any]], cfg: gate.GateConfig) -> str:
     lines.append("trials: " + ", ".join(f"{k} {n}" for k, n in counts.items()) +
                  f"; load average during trials {min(t['load1'] for t in trials):.2f}..{max(t['load1'] for t in trials):.2f}"
                  f" (mean {sum(t['load1'] for t in trials) / len(trials):.2f}); mean trial {sum(t['wall_s'] for t in trials) / len(trials):.1f} s")
-    head = "threshold  alpha   " + "  ".join(f"{('fail% ' + k):>14}" for k in kinds)
-    lines += ["", "rate of gate failures (A/A = false alarms, slow-* = detections):", head]
+    cols = [(k, None) for k in kinds] + [(k, "lstm") for k in kinds if k.startswith("slow")]
+    head = "threshold  alpha   " + "  ".join(f"{(k + (' (on lstm)' if o else '')):>22}" for k, o in cols)
+    lines += ["", "rate of gate failures (A/A = false alarms, slow-* = detections; 'on lstm' = failed on an LSTM "
+              "comparison, the slowed cell):", head]
     for th in THRESHOLDS:
         for a in ALPHAS:
             cells = []
-            for k in kinds:
+            for k, o in cols:
                 ts = [t for t in trials if t["kind"] == k]
-                f = sum(gate_fails(t, th, a) for t in ts)
+                f = sum(gate_fails(t, th, a, o) for t in ts)
                 cells.append(f"{f}/{len(ts)} {100 * f / len(ts):5.1f}%")
             mark = "  <- default" if (th, a) == (cfg.threshold, cfg.alpha) else ""
-            lines.append(f"{th:>9.2f}  {a:<6g}  " + "  ".join(f"{c:>14}" for c in cells) + mark)
+            lines.append(f"{th:>9.2f}  {a:<6g}  " + "  ".join(f"{c:>22}" for c in cells) + mark)
     lines += ["", "median ratio of each (case, mode) in the first pass, per kind:"]
     keys = sorted({k for t in trials for k in t["pass1"]})
     for key in keys:
@@ -219,3 +226,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def resummarise(path: str) -> str:
+    """The summary of a saved trials file (``python -c 'from harness.gate_trials import resummarise; ...'``)."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    cfg = gate.GateConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data["config"].items()})
+    return summarise(data["trials"], cfg)

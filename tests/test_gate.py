@@ -160,3 +160,15 @@ def test_judge_checks_fail_when_head_passes_tolerance():
     assert len(out) == 1 and out[0]["failed"] and out[0]["base_value"] == 1e-7
     chk[1]["value"] = 2e-7
     assert not gate.judge_checks(chk)[0]["failed"]
+
+
+def test_trials_count_a_failure_only_when_the_rerun_confirms():
+    from harness.gate_trials import PATCH, gate_fails
+    st = lambda r, p: {"ratio": r, "p": p}  # noqa: E731
+    t = {"pass1": {"lstm/fwd": st(1.3, 1e-4), "gru/fwd": st(1.2, 1e-3)},
+         "pass2": {"lstm/fwd": st(1.28, 1e-4), "gru/fwd": st(1.01, 0.4)}}
+    assert gate_fails(t, 1.10, 0.01) and gate_fails(t, 1.10, 0.01, only="lstm")
+    assert not gate_fails(t, 1.10, 0.01, only="gru")  # flagged once, not confirmed
+    assert not gate_fails(t, 1.35, 0.01)              # below the threshold
+    assert not gate_fails(t, 1.10, 1e-5)              # not significant enough
+    assert "{factor}" in PATCH and "_forward_steps" in PATCH
