@@ -99,6 +99,8 @@ def chunk_cols(spec: CellSpec, batch: int, dtype) -> int:
     item = np.dtype(dtype).itemsize
     Gm = 2 if spec.is_lstm else 1
     w = CHUNK_BYTES // max(1, batch * Gm * spec.hidden_size * item)
+    q = _Layout(spec).Q
+    w = min(w, -(-q // 8))  # at least ~8 chunks: the temporary stays <= 1/8 of M (and workers have work)
     return int(max(MIN_CHUNK_COLS, w))
 
 
@@ -122,7 +124,7 @@ def rtrl_memory(spec: CellSpec, batch: int, dtype="float64") -> Dict[str, int]:
     jacobian = sum(B * lay.Gm * H * (H + (spec.layer_input_size(l) if l > 0 else 0)) for l in range(spec.num_layers))
     grad = spec.num_params
     w = min(chunk_cols(spec, B, dtype), lay.Q)
-    chunk = B * lay.Gm * H * w * (2 if spec.num_layers > 1 else 1) + B * w
+    chunk = (B * lay.Gm * H * w * (2 if spec.num_layers > 1 else 1) + B * w) * max(1, _blas_threads())
     scratch = B * G * H * max(spec.input_size, H) * 2 + B * lay.Q + spec.num_layers * B * (6 * G * H + 8 * H)
     out = {"influence": influence * item, "jacobian": jacobian * item, "grad": grad * item}
     out["theory"] = out["influence"] + out["jacobian"] + out["grad"]
@@ -182,7 +184,7 @@ class _LayerRTRL:
     """One layer: its step, its Jacobians, its influence matrices and their update."""
 
     def __init__(self, spec: CellSpec, lp: LayerParams, l: int, lay: _Layout, B: int, dt: np.dtype,
-                 below: Optional["_LayerRTRL"], width: int) -> None:
+                 below: Optional["_LayerRTRL"], width: int, workers: int = 1) -> None:
         H, G = spec.hidden_size, spec.gates
         self.spec, self.l, self.H, self.G, self.B = spec, l, H, G, B
         self.I = I = spec.layer_input_size(l)
@@ -245,20 +247,27 @@ class _LayerRTRL:
                 s = e
         self.chunks = bounds
         self.width = max((e - s for s, e in bounds), default=1)
-        self.t1 = np.empty(B * Gm * H * self.width, dtype=dt)
-        self.t2 = np.empty(B * Gm * H * self.width, dtype=dt) if l > 0 else None
-        self.tg = np.empty(B * self.width, dtype=dt)
-        self.views = []
-        for s, e in bounds:
+        # One set of temporaries per worker thread; chunks are dealt round-robin to the workers.
+        self.nworkers = nw = max(1, min(int(workers), len(bounds)))
+        self.views = [[] for _ in range(nw)]
+        for i, (s, e) in enumerate(bounds):
             w = e - s
-            v = {"Mh": self.Mh[:, :, s:e], "t1": self.t1[:B * Gm * H * w].reshape(B, Gm * H, w),
-                 "tg": self.tg[:B * w].reshape(B, 1, w), "s": s, "e": e}
+            wk = i % nw
+            if len(self.views[wk]) == 0:
+                t1b = np.empty(B * Gm * H * self.width, dtype=dt)
+                t2b = np.empty(B * Gm * H * self.width, dtype=dt) if l > 0 else None
+                tgb = np.empty(B * self.width, dtype=dt)
+                self.views[wk].append({"buffers": (t1b, t2b, tgb)})
+            t1b, t2b, tgb = self.views[wk][0]["buffers"]
+            v = {"Mh": self.Mh[:, :, s:e], "t1": t1b[:B * Gm * H * w].reshape(B, Gm * H, w),
+                 "tg": tgb[:B * w].reshape(B, 1, w), "s": s, "e": e}
             if self.lstm:
                 v["Mc"] = self.Mc[:, :, s:e]
             if s < lay.off[l]:  # lower-layer columns: add J^x · M^{l-1}
                 v["Mb"] = below.Mh[:, :, s:e]
-                v["t2"] = self.t2[:B * Gm * H * w].reshape(B, Gm * H, w)
-            self.views.append(v)
+                v["t2"] = t2b[:B * Gm * H * w].reshape(B, Gm * H, w)
+            self.views[wk].append(v)
+        self.views = [vs[1:] for vs in self.views]
 
     def _bands(self, M: np.ndarray) -> dict:
         lay, l, G, H = self.lay, self.l, self.G, self.H
@@ -375,39 +384,46 @@ class _LayerRTRL:
         self._sum_jac(J[:, :H], W[:3], self.Ec)
         np.multiply(W[3][None], self.E[:, 3, :, None], out=J[:, H:])
 
-    # -- the influence update ------------------------------------------------------------------------
     def update(self, xin: np.ndarray, uh: Optional[np.ndarray], uc: Optional[np.ndarray],
-               acc: Optional[np.ndarray], acc_bands: Optional[dict]) -> None:
+               acc: Optional[np.ndarray], acc_bands: Optional[dict], pool=None) -> None:
         """M_t = J_t M_{t-1} (+ J^x M^{l-1}_t on lower columns) + immediate; acc += u_h·Mh (+ u_c·Mc)."""
         H = self.H
         Jh, Jx = self.Jh, self.Jx
         lstm = self.lstm
         uh3 = None if uh is None else uh[:, None, :]
         uc3 = None if uc is None else uc[:, None, :]
-        for v in self.views:
-            Mh, t1 = v["Mh"], v["t1"]
-            np.matmul(Jh, Mh, out=t1)
-            if "Mb" in v:
-                t2 = v["t2"]
-                np.matmul(Jx, v["Mb"], out=t2)
-                t1 += t2
-            if lstm:
-                Mc = v["Mc"]
-                Mc *= self.f_col
-                Mc += t1[:, :H]
-                tc = t1[:, :H]
-                np.multiply(Mc, self.k_col, out=tc)
-                np.add(t1[:, H:], tc, out=Mh)
-            else:
-                np.copyto(Mh, t1)
-            if uh3 is not None or uc3 is not None:
-                s, e, tg = v["s"], v["e"], v["tg"]
-                if uh3 is not None:
-                    np.matmul(uh3, Mh, out=tg)
-                    acc[:, s:e] += tg[:, 0]
-                if uc3 is not None:
-                    np.matmul(uc3, v["Mc"], out=tg)
-                    acc[:, s:e] += tg[:, 0]
+
+        def work(views) -> None:
+            for v in views:
+                Mh, t1 = v["Mh"], v["t1"]
+                np.matmul(Jh, Mh, out=t1)
+                if "Mb" in v:
+                    t2 = v["t2"]
+                    np.matmul(Jx, v["Mb"], out=t2)
+                    t1 += t2
+                if lstm:
+                    Mc = v["Mc"]
+                    Mc *= self.f_col
+                    Mc += t1[:, :H]
+                    tc = t1[:, :H]
+                    np.multiply(Mc, self.k_col, out=tc)
+                    np.add(t1[:, H:], tc, out=Mh)
+                else:
+                    np.copyto(Mh, t1)
+                if uh3 is not None or uc3 is not None:
+                    s, e, tg = v["s"], v["e"], v["tg"]
+                    if uh3 is not None:
+                        np.matmul(uh3, Mh, out=tg)
+                        acc[:, s:e] += tg[:, 0]  # disjoint columns per chunk: no race between workers
+                    if uc3 is not None:
+                        np.matmul(uc3, v["Mc"], out=tg)
+                        acc[:, s:e] += tg[:, 0]
+
+        if pool is None or self.nworkers == 1:
+            for vs in self.views:
+                work(vs)
+        else:
+            list(pool.map(work, self.views))
         # Immediate Jacobian through its Kronecker structure: band[b, q, j, :] += coef[b, q, j] * input[b, :]
         self._add_imm(self.bands_h, self.E, self.R, xin)
         if lstm:
@@ -452,12 +468,44 @@ def _acc_bands(acc: np.ndarray, spec: CellSpec, lay: _Layout, l: int) -> dict:
     return b
 
 
+def _blas_threads() -> int:
+    """Threads the BLAS currently uses (1 if unknown)."""
+    try:
+        from threadpoolctl import threadpool_info
+        n = [i.get("num_threads") or 1 for i in threadpool_info() if i.get("user_api") == "blas"]
+        return int(max(n)) if n else 1
+    except Exception:  # noqa: BLE001 - threadpoolctl missing or confused: stay serial
+        return 1
+
+
+def _workers(spec: CellSpec, B: int, width: int, threads: Optional[int]):
+    """How many chunk workers to use, and a BLAS limiter (to 1 thread each) to release when done.
+
+    The J·M update is many small GEMMs ``(Gm·H, H) x (H, width)``; splitting each of them over BLAS threads
+    costs more in synchronisation than it gains (badly so on a loaded machine), whereas the chunks are
+    independent. So with n threads allowed (``threads``, default: the BLAS's current setting), n Python
+    workers take chunks and each GEMM runs on one BLAS thread (NumPy releases the GIL inside matmul).
+    """
+    blas = _blas_threads()
+    n = blas if threads is None else max(1, int(threads))
+    if blas <= 1:
+        return n, None
+    try:
+        from threadpoolctl import ThreadpoolController
+        limiter = ThreadpoolController().limit(limits=1, user_api="blas")
+    except Exception:  # noqa: BLE001 - cannot limit the BLAS: keep its threads, no workers of our own
+        return 1, None
+    return n, limiter
+
+
 def rtrl_grads(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], dy: Optional[np.ndarray],
-               d_final_state: Optional[State], chunk: Optional[int] = None) -> Tuple[Params, State]:
+               d_final_state: Optional[State], chunk: Optional[int] = None,
+               threads: Optional[int] = None) -> Tuple[Params, State]:
     """Parameter gradient and initial-state gradient by RTRL (inputs must be validated).
 
     Returns ``(param grads in canonical layout, dstate)``. Raises ``ValueError`` up front if the
-    influence matrices would not fit in free memory. ``chunk`` overrides the column-chunk width.
+    influence matrices would not fit in free memory. ``chunk`` overrides the column-chunk width;
+    ``threads`` the number of chunk workers (default: as many as the BLAS uses; see :func:`_workers`).
     """
     T, B, _ = x.shape
     dt = x.dtype
@@ -465,6 +513,7 @@ def rtrl_grads(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[St
     check_memory(spec, B, dt)
     lay = _Layout(spec)
     width = int(chunk) if chunk else chunk_cols(spec, B, dt)
+    nw, limiter = _workers(spec, B, width, threads)
     if state is None:
         state = zero_state(spec, B, dt)
     hs, cs = (state if spec.is_lstm else (state, None))
@@ -473,24 +522,34 @@ def rtrl_grads(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[St
         dhs, dcs = (d_final_state if spec.is_lstm else (d_final_state, None))
     layers: List[_LayerRTRL] = []
     for l in range(L):
-        lr = _LayerRTRL(spec, params.layers[l], l, lay, B, dt, layers[-1] if layers else None, width)
+        lr = _LayerRTRL(spec, params.layers[l], l, lay, B, dt, layers[-1] if layers else None, width, nw)
         lr.set_state(hs[l], None if cs is None else cs[l])
         layers.append(lr)
     acc = np.zeros((B, lay.Q), dtype=dt)   # per-sequence gradient (the state columns must not be summed)
     acc_bands = [_acc_bands(acc, spec, lay, l) for l in range(L)]
-    for t in range(T):
-        xin = x[t]
-        last = t == T - 1
-        for l, lr in enumerate(layers):
-            lr.step(xin)
-            uh = dy[t] if (dy is not None and l == L - 1) else None
-            uc = None
-            if last and dhs is not None:
-                uh = dhs[l] if uh is None else uh + dhs[l]
-                if dcs is not None:
-                    uc = dcs[l]
-            lr.update(xin, uh, uc, acc, acc_bands[l])
-            xin = lr.h
+    pool = None
+    try:
+        if nw > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = ThreadPoolExecutor(max_workers=nw, thread_name_prefix="rtrl")
+        for t in range(T):
+            xin = x[t]
+            last = t == T - 1
+            for l, lr in enumerate(layers):
+                lr.step(xin)
+                uh = dy[t] if (dy is not None and l == L - 1) else None
+                uc = None
+                if last and dhs is not None:
+                    uh = dhs[l] if uh is None else uh + dhs[l]
+                    if dcs is not None:
+                        uc = dcs[l]
+                lr.update(xin, uh, uc, acc, acc_bands[l], pool)
+                xin = lr.h
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if limiter is not None:
+            limiter.unregister()
     # Unpack: parameters summed over the batch, initial states per sequence.
     grads = []
     for l in range(L):

@@ -293,10 +293,11 @@ def derive(rows: List[dict], case: Case) -> Iterator[Dict[str, Any]]:
         if r["metric"] in ("peak_bytes", "time_per_step_us") and sweep in ("T", "H"):
             groups.setdefault(_key(r) + (sweep,), {}).setdefault(r["metric"], []).append(r)
 
-    def out(key, metric, value, unit, **extra):
+    def out(key, metric, value, unit, hidden_size=None, seq_len=None, **extra):
         backend, cell, layers, batch, alg, k, impl = key[:7]
         fields = {"suite": case.suite, "case": case.name, "backend": backend, "variant": backend,
-                  "device": case.device, "dtype": "float64", "cell": cell, "layers": layers, "batch": batch}
+                  "device": case.device, "dtype": "float64", "cell": cell, "layers": layers, "batch": batch,
+                  "hidden_size": hidden_size, "seq_len": seq_len}
         lo, hi = TARGETS.get((metric, alg), (None, None))
         return make_row(fields, metric, value, unit, algorithm=alg, truncation=k, impl=impl,
                         target_lo=lo, target_hi=hi, **extra)
