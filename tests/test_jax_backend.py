@@ -108,6 +108,11 @@ def test_registry_names_variants_and_options():
         JaxBackend(rtrl_chunk=0)
     with pytest.raises(ValueError, match="device"):
         JaxBackend(device="tpu")
+    with pytest.raises(TypeError, match="hoist"):
+        JaxBackend(hoist="yes")
+    # automatic input projection: per step for the CPU inference forward (measured faster), hoisted otherwise
+    assert (a.hoist_forward, a.hoist_grads) == (False, True)
+    assert (JaxBackend(hoist=True).hoist_forward, JaxBackend(hoist=False).hoist_grads) == (True, False)
 
 
 def test_x64_is_on_and_versions(jb):
@@ -147,6 +152,19 @@ def test_unroll8_equals_unroll1(jb):
     for a, b in zip(parts(f8), parts(f1)):
         assert rel_err(a, b) <= 1e-13
     assert_grads(u8.vjp(*args, pr["dy"], pr["d_final_state"]), jb.vjp(*args, pr["dy"], pr["d_final_state"]), 1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_other_input_projection_matches_numpy(nb, cell):
+    """hoist=True runs the forward that the GPU uses by default; hoist=False a per-step projection in the vjp."""
+    spec, pr = case(cell, (2, True, 6, 2, 3, 4), seed=9)
+    args = (spec, pr["params"], pr["x"], pr["state"])
+    y, fin = JaxBackend(hoist=True).forward(*args)
+    y0, fin0 = nb.forward(*args)
+    assert rel_err(y, y0) <= EXACT and all(rel_err(a, b) <= EXACT for a, b in zip(parts(fin), parts(fin0)))
+    if cell == "gru":
+        assert_grads(JaxBackend(hoist=False).vjp(*args, pr["dy"], pr["d_final_state"]),
+                     nb.vjp(*args, pr["dy"], pr["d_final_state"]), EXACT)
 
 
 # -- RTRL (forward mode) -------------------------------------------------------------------------------------------
@@ -271,6 +289,7 @@ def test_cuda_selects_the_first_gpu(monkeypatch):
     assert JaxBackend.probe("cuda") == (True, "")
     be = backends.get("jax", device="cuda")
     assert be.device == "cuda" and be.jax_device is gpus[0]
+    assert be.hoist_forward and be.hoist_grads  # on a GPU one big input GEMM beats T small ones
     assert be.versions()["device_kind"] == "Fake H100"
     assert JaxBackend(device="cpu").jax_device == "cpu0"
     assert "gpu" in calls and "cpu" in calls
