@@ -62,6 +62,11 @@ def _metric(df, metric: str, mode: Optional[str] = None):
     return ok
 
 
+def _ms(v: float) -> str:
+    """Milliseconds without an exponent: 3 significant digits, whole numbers from 100 up."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def _spread_cell(v: float, lo: Any, hi: Any) -> str:
     if lo is None or hi is None or lo != lo or hi != hi:
         return si(v)
@@ -149,7 +154,7 @@ def _anchor_tables(df, backends, base: str) -> List[str]:
             err = rb[rb["status"] != "ok"]
             for mode in ("fwd", "train"):
                 t = _metric(rb, f"{mode}_ms", mode)
-                rec[f"{mode}_ms [q25–q75]"] = (f"{t.value.iloc[0]:.3g} [{t.q25.iloc[0]:.3g}–{t.q75.iloc[0]:.3g}]"
+                rec[f"{mode}_ms [q25–q75]"] = (f"{_ms(t.value.iloc[0])} [{_ms(t.q25.iloc[0])}–{_ms(t.q75.iloc[0])}]"
                                                if len(t) else "-")
                 bt = _metric(sub[sub["backend"] == base], f"{mode}_ms", mode)
                 rec[f"{mode}: time / {base}"] = (f"{t.value.iloc[0] / bt.value.iloc[0]:.2f}"
@@ -166,8 +171,8 @@ def _anchor_tables(df, backends, base: str) -> List[str]:
             continue
         r0 = sub.iloc[0]
         tags = str(r0.get("tags", "") or "")
-        out += ["", f"**{case}** ({tags}: {CELL_TITLES.get(r0.cell, r0.cell)}, B={r0.batch}, T={r0.seq_len}, "
-                    f"I={r0.input_size}, H={r0.hidden_size}, {r0.dtype})", "",
+        out += ["", f"**{case}** ({tags}: {CELL_TITLES.get(r0['cell'], r0['cell'])}, B={r0['batch']}, "
+                    f"T={r0['seq_len']}, I={r0['input_size']}, H={r0['hidden_size']}, {r0['dtype']})", "",
                 md_table(pd.DataFrame(rows).fillna(""))]
     if out:
         out = ["### Anchor cases", "",
@@ -320,7 +325,7 @@ def _sweep_figure(df, var, fixed_cols, xlabel, name, fig_dir, colors) -> Optiona
     what = {"hidden_size": "hidden size", "batch": "batch size", "seq_len": "sequence length"}[var]
     dtypes = ", ".join(sorted(map(str, df["dtype"].dropna().unique())))
     fig.suptitle(f"Throughput vs {what} (median; band: q25–q75 of the repeats; {dtypes})", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1 - 1.3 / fig.get_figwidth(), 0.96))
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 0.96))
     path = os.path.join(fig_dir, name + ".png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -366,7 +371,7 @@ def _efficiency_figure(df, fig_dir, colors) -> Optional[str]:
     fig.legend([handles[b] for b in order], order, loc="center right", title="backend")
     fig.suptitle("Efficiency: achieved model GFLOP/s / ceiling GFLOP/s (same framework, dtype, run; "
                  "error bars: q25–q75)", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 0.93))
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 0.93))
     path = os.path.join(fig_dir, "efficiency.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
