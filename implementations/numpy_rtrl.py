@@ -44,6 +44,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+try:  # imported here, not in the measured region (threadpoolctl is pure Python and light)
+    import threadpoolctl as _tpc
+except ImportError:  # pragma: no cover - optional: without it the BLAS keeps its own threading
+    _tpc = None
+
 from harness.params import Grads, LayerParams, Params
 from harness.spec import CellSpec, State, zero_state
 from implementations import numpy_rnn
@@ -100,7 +105,7 @@ def chunk_cols(spec: CellSpec, batch: int, dtype) -> int:
     Gm = 2 if spec.is_lstm else 1
     w = CHUNK_BYTES // max(1, batch * Gm * spec.hidden_size * item)
     q = _Layout(spec).Q
-    w = min(w, -(-q // 8))  # at least ~8 chunks: the temporary stays <= 1/8 of M (and workers have work)
+    w = min(w, -(-q // 32))  # >= ~32 chunks: per-worker temporaries stay a few % of M (and workers share work)
     return int(max(MIN_CHUNK_COLS, w))
 
 
@@ -470,9 +475,10 @@ def _acc_bands(acc: np.ndarray, spec: CellSpec, lay: _Layout, l: int) -> dict:
 
 def _blas_threads() -> int:
     """Threads the BLAS currently uses (1 if unknown)."""
+    if _tpc is None:
+        return 1
     try:
-        from threadpoolctl import threadpool_info
-        n = [i.get("num_threads") or 1 for i in threadpool_info() if i.get("user_api") == "blas"]
+        n = [i.get("num_threads") or 1 for i in _tpc.threadpool_info() if i.get("user_api") == "blas"]
         return int(max(n)) if n else 1
     except Exception:  # noqa: BLE001 - threadpoolctl missing or confused: stay serial
         return 1
@@ -491,8 +497,7 @@ def _workers(spec: CellSpec, B: int, width: int, threads: Optional[int]):
     if blas <= 1:
         return n, None
     try:
-        from threadpoolctl import ThreadpoolController
-        limiter = ThreadpoolController().limit(limits=1, user_api="blas")
+        limiter = _tpc.ThreadpoolController().limit(limits=1, user_api="blas")
     except Exception:  # noqa: BLE001 - cannot limit the BLAS: keep its threads, no workers of our own
         return 1, None
     return n, limiter
