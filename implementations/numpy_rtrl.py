@@ -129,7 +129,7 @@ def rtrl_memory(spec: CellSpec, batch: int, dtype="float64") -> Dict[str, int]:
     jacobian = sum(B * lay.Gm * H * (H + (spec.layer_input_size(l) if l > 0 else 0)) for l in range(spec.num_layers))
     grad = spec.num_params
     w = min(chunk_cols(spec, B, dtype), lay.Q)
-    chunk = (B * lay.Gm * H * w * (2 if spec.num_layers > 1 else 1) + B * w) * max(1, _blas_threads())
+    chunk = B * lay.Gm * H * w * (2 if spec.num_layers > 1 else 1) + B * w
     scratch = B * G * H * max(spec.input_size, H) * 2 + B * lay.Q + spec.num_layers * B * (6 * G * H + 8 * H)
     out = {"influence": influence * item, "jacobian": jacobian * item, "grad": grad * item}
     out["theory"] = out["influence"] + out["jacobian"] + out["grad"]
@@ -488,12 +488,13 @@ def _workers(spec: CellSpec, B: int, width: int, threads: Optional[int]):
     """How many chunk workers to use, and a BLAS limiter (to 1 thread each) to release when done.
 
     The J·M update is many small GEMMs ``(Gm·H, H) x (H, width)``; splitting each of them over BLAS threads
-    costs more in synchronisation than it gains (badly so on a loaded machine), whereas the chunks are
-    independent. So with n threads allowed (``threads``, default: the BLAS's current setting), n Python
-    workers take chunks and each GEMM runs on one BLAS thread (NumPy releases the GIL inside matmul).
+    costs far more in synchronisation than it gains (measured on 2 cores: 4.2 GFLOP/s with 2 BLAS threads
+    against 19 GFLOP/s with 1, H=128, float64). So the BLAS is limited to one thread while RTRL runs.
+    ``threads=n > 1`` adds n Python workers taking chunks in parallel (NumPy releases the GIL inside matmul);
+    on a shared 2-core machine that measured slower than one worker (GIL hand-offs), hence the default 1.
     """
     blas = _blas_threads()
-    n = blas if threads is None else max(1, int(threads))
+    n = 1 if threads is None else max(1, int(threads))
     if blas <= 1:
         return n, None
     try:
@@ -510,7 +511,7 @@ def rtrl_grads(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[St
 
     Returns ``(param grads in canonical layout, dstate)``. Raises ``ValueError`` up front if the
     influence matrices would not fit in free memory. ``chunk`` overrides the column-chunk width;
-    ``threads`` the number of chunk workers (default: as many as the BLAS uses; see :func:`_workers`).
+    ``threads`` the number of chunk workers (default 1, with a single-threaded BLAS; see :func:`_workers`).
     """
     T, B, _ = x.shape
     dt = x.dtype

@@ -128,3 +128,15 @@ def test_rtrl_memory_scaling():
     assert m("lstm", 8)["influence"] == 2 * 8 * (spec.num_params + 2 * 8) * 8
     assert lay.Q == spec.num_params + 2 * 8
     assert numpy_rtrl.mem_available_bytes() is None or numpy_rtrl.mem_available_bytes() > 0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rtrl_chunk_workers(cell):
+    """Chunks dealt to several worker threads (threads=3) give the same numbers."""
+    spec = CellSpec(cell, 4, 5, 2)
+    pr = problem(spec, T=6, B=2, seed=11)
+    ref = _grads(spec, pr)
+    pg, ds = numpy_rtrl.rtrl_grads(spec, pr["params"], pr["x"], pr["state"], pr["dy"], pr["d_final_state"],
+                                   chunk=7, threads=3)
+    assert rel_err(pg.flat(), ref.params.flat()) <= 1e-10
+    assert rel_err(ds, ref.dstate) <= 1e-10
