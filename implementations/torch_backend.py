@@ -278,7 +278,10 @@ class _TorchBase(BackendBase):
         dev, dt = self.device, self._dtype(x)
         B = x.shape[1]
         weights = _cell_weights(spec, params, dev, requires_grad=False)
-        step = self._step(spec)
+        # A compiled step fuses c_t and h_t = o*tanh(c_t) into one graph whose c_t *output* tensor feeds only
+        # the next step, so autograd w.r.t. that tensor misses the same-step path through h_t (torch-compile
+        # returned zeros for dc). Cell-state gradients therefore always use the eager step.
+        step = _STEPS[spec.cell] if return_cell else self._step(spec)
         inp = _tensor(x, dev)
         last = spec.num_layers - 1
         H = spec.hidden_size

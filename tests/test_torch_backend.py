@@ -203,6 +203,10 @@ def test_compile_matches_numpy(ref):
     # the vjp exercises the compiled forward and backward kernels.
     assert_grads_close(be.vjp(spec, params, x, st, dy, dst), ref.vjp(spec, params, x, st, dy, dst), EXACT)
     assert list(be._compiled) == ["lstm"]
+    # cell-state gradients take the eager step (a fused compiled step hides the same-step h_t path)
+    for got, want in zip(be.hidden_grads(spec, params, x, dh_T, return_cell=True),
+                         ref.hidden_grads(spec, params, x, dh_T, return_cell=True)):
+        assert np.abs(got - want).max() <= 1e-12 * max(1.0, np.abs(want).max())
 
 
 def test_compile_failure_is_a_clear_error():
