@@ -43,7 +43,9 @@ def _alg_label(r) -> str:
     if alg == "tbptt":
         k = r.get("truncation")
         k = int(k) if k is not None and k == k else k
-        return f"tbptt(k={k})" + (" chunked" if r.get("impl") == "chunked" else " (numpy_rnn)")
+        if r.get("impl") == "chunked":
+            return f"tbptt(k={k}) chunked"
+        return f"tbptt(k={k})" + (" (numpy_rnn: stores all T)" if r.get("backend") == "numpy" else "")
     return str(alg)
 
 
