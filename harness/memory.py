@@ -28,10 +28,10 @@ Theory (bytes, :func:`theory_bytes`):
 - ``rtrl``: :func:`implementations.numpy_rtrl.rtrl_memory` ``["theory"]``: the influence matrices
   ``B·H·Qcum`` per layer (×2 for the LSTM), the per-step Jacobian buffers, the gradient ``P``.
   NumPy RTRL is measured without ``dx`` (``with_dx=False``: dx would be one BPTT pass, ∝ T).
-- ``tbptt``: ``numpy_rnn.vjp(truncation=k)`` — what ``Backend.vjp(algorithm="tbptt")`` runs in NumPy — stores
-  the **whole sequence** (it only cuts the adjoint), so its theory is BPTT's; ``impl="chunked"``
-  (:func:`implementations.numpy_rtrl.tbptt_chunked_vjp`) stores k steps at a time: BPTT's storage at
-  ``T = k`` plus the full ``dx`` ``T·B·I`` and a second gradient buffer ``P``.
+- ``tbptt``: ``numpy_rnn.vjp(truncation=k)`` — what ``Backend.vjp(algorithm="tbptt")`` runs in NumPy — runs
+  the sequence in chunks of k steps and stores one chunk at a time: BPTT's storage at ``T = k`` plus the full
+  ``dx`` ``T·B·I`` and a second gradient buffer ``P``. (``impl="chunked"`` names the same computation through
+  :func:`implementations.numpy_rtrl.tbptt_chunked_vjp`; it is kept for old run directories.)
 
 For torch and JAX the same theory is printed beside the measured figure: their stored activations differ
 from NumPy's, and the ratio shows by how much.
@@ -85,11 +85,9 @@ def theory_bytes(spec: CellSpec, T: int, B: int, dtype: str, algorithm: str, tru
         from implementations.numpy_rtrl import rtrl_memory  # NumPy only
         return int(rtrl_memory(spec, B, dtype)["theory"])
     if algorithm == "tbptt":
-        if impl == "chunked":
-            k = min(int(truncation), T)
-            return bptt_stored_bytes(spec, k, B, item) + (T - k) * B * spec.input_size * item \
-                + spec.num_params * item
-        return bptt_stored_bytes(spec, T, B, item)
+        k = min(int(truncation), T)
+        return bptt_stored_bytes(spec, k, B, item) + (T - k) * B * spec.input_size * item \
+            + spec.num_params * item
     raise ValueError(f"algorithm: got {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
 
 

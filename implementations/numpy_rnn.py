@@ -175,8 +175,7 @@ def forward(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State
 def _backward_steps(spec: CellSpec, w_hh: np.ndarray, h: np.ndarray, acts: np.ndarray,
                     c: Optional[np.ndarray], tanh_c: Optional[np.ndarray], hn: Optional[np.ndarray],
                     dy: Optional[np.ndarray], dh: np.ndarray, dc: Optional[np.ndarray], dA: np.ndarray,
-                    dR: np.ndarray, truncation: Optional[int], dh_all: Optional[np.ndarray],
-                    dc_all: Optional[np.ndarray]) -> None:
+                    dR: np.ndarray, dh_all: Optional[np.ndarray], dc_all: Optional[np.ndarray]) -> None:
     """Reverse recurrence over all steps for one slice of the batch (all arrays are views of it).
 
     ``dh``/``dc`` hold the final-state cotangents on entry and dL/d(initial state) on exit; ``dA``/``dR``
@@ -252,27 +251,19 @@ def _backward_steps(spec: CellSpec, w_hh: np.ndarray, h: np.ndarray, acts: np.nd
             dr_[:, :2 * H] = da[:, :2 * H]
             np.multiply(d_n, r, out=dr_[:, 2 * H:])
             np.multiply(dh, z, out=direct)
-        # dh_{t-1} = dR_t W_hh (+ z dh for GRU); cut where truncated BPTT detaches the state
-        if truncation is not None and t % truncation == 0 and t > 0:
-            dh.fill(0)
-            if dc is not None:
-                dc.fill(0)
-        else:
-            np.matmul(dR[t], w_hh, out=dh)
-            if direct is not None:
-                dh += direct
+        # dh_{t-1} = dR_t W_hh (+ z dh for GRU)
+        np.matmul(dR[t], w_hh, out=dh)
+        if direct is not None:
+            dh += direct
 
 
 def _layer_backward(spec: CellSpec, lp: LayerParams, cache: _LayerCache, dy: Optional[np.ndarray],
-                    dh_T: np.ndarray, dc_T: Optional[np.ndarray], truncation: Optional[int],
-                    record: bool = False):
+                    dh_T: np.ndarray, dc_T: Optional[np.ndarray], record: bool = False):
     """BPTT through one layer.
 
     Args:
         dy: cotangent of this layer's outputs h_1..h_T ``(T, B, H)``, or None for zero.
         dh_T, dc_T: cotangents of the final state.
-        truncation: k for truncated BPTT (the recurrent adjoint is cut when entering h_t with
-            t % k == 0, t > 0), None for full BPTT.
         record: also return the total adjoint of every h_t (and c_t) — for :func:`hidden_grads`.
 
     Returns ``(dx (T,B,I), LayerParams grads (canonical order), dh0, dc0, dh_all, dc_all)``.
@@ -294,7 +285,7 @@ def _layer_backward(spec: CellSpec, lp: LayerParams, cache: _LayerCache, dy: Opt
         sl = slice(b0, b1)
         opt = lambda a: None if a is None else a[:, sl]  # noqa: E731 - slice an optional (T, B, .) array
         _backward_steps(spec, w_hh, h[:, sl], acts[:, sl], opt(cache.c), opt(cache.tanh_c), opt(cache.hn),
-                        opt(dy), dh[sl], None if dc is None else dc[sl], dA[:, sl], dR[:, sl], truncation,
+                        opt(dy), dh[sl], None if dc is None else dc[sl], dA[:, sl], dR[:, sl],
                         opt(dh_all), opt(dc_all))
 
     batch_parallel(run, B)
@@ -311,17 +302,11 @@ def _layer_backward(spec: CellSpec, lp: LayerParams, cache: _LayerCache, dy: Opt
     return dx, LayerParams(**grads), dh, dc, dh_all, dc_all
 
 
-def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], dy: Optional[np.ndarray],
-        d_final_state: Optional[State], truncation: Optional[int] = None) -> Grads:
-    """BPTT (or truncated BPTT with ``truncation=k``) vector-Jacobian product. Inputs must be validated.
-
-    L = Σ_t <dy_t, y_t> + <dh_T, h_T> (+ <dc_T, c_T>); returns dL/dθ, dL/dx and dL/d(initial state).
-    """
-    T, B, _ = x.shape
-    dt = x.dtype
-    _, _, caches = forward(spec, params, x, state, keep=True)
-    if d_final_state is None:
-        d_final_state = zero_state(spec, B, dt)
+def _backward(spec: CellSpec, params: Params, caches: List[_LayerCache], dy: Optional[np.ndarray],
+              d_final_state: State) -> Tuple[List[LayerParams], np.ndarray, State]:
+    """BPTT through all layers from their caches: (per-layer grads, dx, dL/d(initial state))."""
+    B = caches[0].x.shape[1]
+    dt = caches[0].x.dtype
     dhs, dcs = (d_final_state if spec.is_lstm else (d_final_state, None))
     dh0 = np.empty(spec.state_shape(B), dtype=dt)
     dc0 = np.empty(spec.state_shape(B), dtype=dt) if spec.is_lstm else None
@@ -329,14 +314,55 @@ def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], d
     d_out = dy
     for l in range(spec.num_layers - 1, -1, -1):
         dx, lg, dh_l, dc_l, _, _ = _layer_backward(spec, params.layers[l], caches[l], d_out, dhs[l],
-                                                  None if dcs is None else dcs[l], truncation)
+                                                  None if dcs is None else dcs[l])
         layer_grads[l] = lg
         dh0[l] = dh_l
         if dc0 is not None:
             dc0[l] = dc_l
         d_out = dx
-    dstate = (dh0, dc0) if spec.is_lstm else dh0
-    return Grads(params=Params(layer_grads), dx=d_out, dstate=dstate)
+    return layer_grads, d_out, ((dh0, dc0) if spec.is_lstm else dh0)
+
+
+def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], dy: Optional[np.ndarray],
+        d_final_state: Optional[State], truncation: Optional[int] = None) -> Grads:
+    """BPTT (or truncated BPTT with ``truncation=k``) vector-Jacobian product. Inputs must be validated.
+
+    L = Σ_t <dy_t, y_t> + <dh_T, h_T> (+ <dc_T, c_T>); returns dL/dθ, dL/dx and dL/d(initial state).
+
+    Truncated BPTT(k) runs the sequence in chunks ``[0, k), [k, 2k), ...``: each chunk's forward keeps its
+    activations, its backward starts from a zero adjoint (``d_final_state`` at the last chunk), and the
+    state is carried forward detached — the adjoint is cut when entering h_t with t % k == 0, t > 0.
+    Only one chunk's activations are stored at a time (memory ∝ B·k·H, plus dx).
+    """
+    T, B, _ = x.shape
+    dt = x.dtype
+    if d_final_state is None:
+        d_final_state = zero_state(spec, B, dt)
+    k = T if truncation is None else min(int(truncation), T)
+    if k >= T:
+        _, _, caches = forward(spec, params, x, state, keep=True)
+        grads, dx, dstate = _backward(spec, params, caches, dy, d_final_state)
+        return Grads(params=Params(grads), dx=dx, dstate=dstate)
+    dx = np.empty_like(x)
+    total: Optional[List[LayerParams]] = None
+    dstate = None
+    zero_fin = zero_state(spec, B, dt)
+    for s in range(0, T, k):
+        e = min(T, s + k)
+        _, final, caches = forward(spec, params, x[s:e], state, keep=True)
+        grads, dx[s:e], dst = _backward(spec, params, caches, None if dy is None else dy[s:e],
+                                        d_final_state if e == T else zero_fin)
+        del caches
+        if s == 0:
+            dstate = dst
+        if total is None:
+            total = grads
+        else:
+            for acc, g in zip(total, grads):
+                for n, a in g.items():
+                    getattr(acc, n)[...] += a
+        state = final
+    return Grads(params=Params(total), dx=dx, dstate=dstate, extra={"algorithm": "tbptt", "truncation": k})
 
 
 def hidden_grads(spec: CellSpec, params: Params, x: np.ndarray, dh_T: np.ndarray,
@@ -351,7 +377,7 @@ def hidden_grads(spec: CellSpec, params: Params, x: np.ndarray, dh_T: np.ndarray
     last = spec.num_layers - 1
     dc_T = np.zeros_like(dh_T) if spec.is_lstm else None
     _, _, _, _, dh_all, dc_all = _layer_backward(spec, params.layers[last], caches[last], None, dh_T, dc_T,
-                                                 None, record=True)
+                                                 record=True)
     if return_cell:
         if not spec.is_lstm:
             raise ValueError(f"return_cell: only an LSTM has a cell state; got cell={spec.cell!r}")

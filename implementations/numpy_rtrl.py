@@ -593,53 +593,8 @@ def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], d
 
 def tbptt_chunked_vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State],
                       dy: Optional[np.ndarray], d_final_state: Optional[State], truncation: int) -> Grads:
-    """Truncated BPTT(k) that stores only ``k`` steps at a time (inputs must be validated).
-
-    Same numbers as ``numpy_rnn.vjp(..., truncation=k)`` (the adjoint of ``h_t`` is cut at ``t % k == 0``,
-    ``t > 0``; direct cotangents ``dy`` are kept): the sequence is processed in chunks ``[ck, ck+k)``, each
-    by :func:`numpy_rnn.forward` (keeping its activations) and numpy_rnn's per-layer backward, with the
-    state carried to the next chunk and a zero adjoint arriving from the future (except at T, where
-    ``d_final_state`` arrives). Stored activations are ``∝ B·k·H``; ``dx`` is still ``(T, B, I)``.
-    """
+    """Truncated BPTT(k) storing only ``k`` steps at a time: :func:`numpy_rnn.vjp` with ``truncation=k``
+    (which is chunked); kept here under this name for the memory suite's callers."""
     if isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)) or truncation < 1:
         raise ValueError(f"truncation: got {truncation!r}; allowed: an integer k >= 1")
-    k = int(truncation)
-    T, B, I = x.shape
-    dt = x.dtype
-    L = spec.num_layers
-    if state is None:
-        state = zero_state(spec, B, dt)
-    dx = np.empty((T, B, I), dtype=dt)
-    gsum: Optional[Params] = None
-    dstate = None
-    zero_fin = zero_state(spec, B, dt)
-    for s in range(0, T, k):
-        e = min(T, s + k)
-        fin_cot = d_final_state if (e == T and d_final_state is not None) else zero_fin
-        _, final, caches = numpy_rnn.forward(spec, params, x[s:e], state, keep=True)
-        dhs, dcs = (fin_cot if spec.is_lstm else (fin_cot, None))
-        d_out = None if dy is None else dy[s:e]
-        lgs: List[LayerParams] = [None] * L
-        dh0 = np.empty(spec.state_shape(B), dtype=dt)
-        dc0 = np.empty(spec.state_shape(B), dtype=dt) if spec.is_lstm else None
-        for l in range(L - 1, -1, -1):
-            # numpy_rnn's own layer backward (full BPTT inside the chunk).
-            dxl, lg, dh_l, dc_l, _, _ = numpy_rnn._layer_backward(spec, params.layers[l], caches[l], d_out,
-                                                                 dhs[l], None if dcs is None else dcs[l], None)
-            lgs[l], dh0[l] = lg, dh_l
-            if dc0 is not None:
-                dc0[l] = dc_l
-            d_out = dxl
-        del caches
-        dx[s:e] = d_out
-        if s == 0:
-            dstate = (dh0, dc0) if spec.is_lstm else dh0
-        if gsum is None:
-            gsum = Params(lgs)
-        else:
-            for acc_l, lg in zip(gsum.layers, lgs):
-                for n, a in lg.items():
-                    getattr(acc_l, n)[...] += a
-        state = final
-    return Grads(params=gsum, dx=dx, dstate=dstate, extra={"algorithm": "tbptt", "truncation": k,
-                                                           "impl": "numpy_rtrl.tbptt_chunked_vjp"})
+    return numpy_rnn.vjp(spec, params, x, state, dy, d_final_state, truncation=int(truncation))

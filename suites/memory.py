@@ -90,8 +90,6 @@ def _points(preset: str) -> List[Point]:
             if rtrl_max_T is None or T <= rtrl_max_T:  # RTRL's peak is flat in T; its run time is not
                 P.append(Point("T", cell, B, T, H, "rtrl"))
             P.append(Point("T", cell, B, T, H, "tbptt", k, "chunked"))
-        for T in (Ts[0], Ts[-1]):
-            P.append(Point("T", cell, B, T, H, "tbptt", k))  # numpy_rnn's tbptt: whole sequence stored
 
     def h_sweep(cell, Hs, B, T_pair):
         for H in Hs:
@@ -194,8 +192,6 @@ class MemorySuite(Suite):
         res = measure_peak(req, timeout_s=240.0, threads=ctx.threads)
         extra = {key: res.get(key) for key in ("theory_bytes", "ratio", "method", "estimate", "scope")}
         extra.update({key: v for key, v in res.items() if key.endswith("_bytes") and key not in ("peak_bytes",)})
-        if impl == "backend" and alg == "tbptt" and case.backend == "numpy":
-            extra["note"] = "numpy_rnn's tbptt stores the whole sequence (it only cuts the adjoint)"
         yield case.row("peak_bytes", res.get("peak_bytes"), "B", status=res.get("status", "error"),
                        reason=res.get("reason", ""), **common, **extra)
         yield from self._timing(case, ctx, common)
