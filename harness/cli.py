@@ -112,6 +112,9 @@ def _add_gate(sub) -> None:
     p.add_argument("--preset", default=None, metavar="NAME", help="preset the gate cases come from (default: smoke)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the worker processes to one core")
     p.add_argument("--no-confirm", action="store_true", help="fail on the first flag, without the confirmation re-run")
+    p.add_argument("--force", action="store_true",
+                   help="measure even when no Python file, pyproject.toml or constraints.txt changed since REV "
+                        "(default: such a change-free gate passes at once, saying so)")
 
 
 def build_parser() -> argparse.ArgumentParser:

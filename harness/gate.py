@@ -105,6 +105,19 @@ def default_base(repo: str) -> Tuple[Optional[str], str]:
     return None, "HEAD is the first commit (no previous commit to compare against)"
 
 
+#: what can change the gated numbers; a change elsewhere (docs, results) cannot
+CODE_PATHSPECS = ("*.py", "pyproject.toml", "constraints.txt")
+
+
+def code_changed(repo: str, commit: str) -> bool:
+    """Whether any code file differs between ``commit`` and the working tree (untracked .py files count)."""
+    diff = _git(repo, "diff", "--quiet", commit, "--", *CODE_PATHSPECS)
+    if diff.returncode != 0:
+        return True
+    untracked = _git(repo, "ls-files", "--others", "--exclude-standard", "--", *CODE_PATHSPECS).stdout.strip()
+    return bool(untracked)
+
+
 class Worktree:
     """``git worktree add --detach`` of a commit in a temporary directory; removed on exit."""
 
@@ -568,6 +581,12 @@ def cli_gate(args) -> int:
             _write_markdown(md, f"### rnnbench gate: skipped\n\n{msg}\n")
             return 0
         desc = f"{how} ({commit[:10]})"
+    if not getattr(args, "force", False) and not code_changed(top, commit):
+        msg = (f"gate: passed without measuring: no Python file, pyproject.toml or constraints.txt differs between "
+               f"{desc} and the working tree (use --force to measure anyway)")
+        print(msg)
+        _write_markdown(md, f"### rnnbench gate: nothing to gate\n\n{msg}\n")
+        return 0
     print(f"gate: checking out {desc} into a temporary worktree", flush=True)
     with Worktree(top, commit) as base_tree:
         try:

@@ -124,8 +124,11 @@ def test_plugin_slowdown_fails_after_confirmation(tmp_path, capsys):
 
 def test_plugin_numerical_error_fails_at_once_and_same_code_passes(tmp_path, capsys):
     repo = _repo(tmp_path, PLUGIN_OK, PLUGIN_WRONG, PLUGIN_OK)
-    assert main(["gate", "--repo", str(repo), "--base", "HEAD~2", *FAST]) == 0  # same code: A/A
+    assert main(["gate", "--repo", str(repo), "--base", "HEAD~2", "--force", *FAST]) == 0  # same code: A/A
     assert "gate: PASS" in capsys.readouterr().out
+    # without --force, identical code passes at once and says why
+    assert main(["gate", "--repo", str(repo), "--base", "HEAD~2", *FAST]) == 0
+    assert "passed without measuring: no Python file" in capsys.readouterr().out
     _git(repo, "checkout", "-q", "HEAD~1")  # the buggy version as head
     assert main(["gate", "--repo", str(repo), "--base", "HEAD~1", *FAST]) == 1
     out = capsys.readouterr().out
