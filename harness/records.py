@@ -20,7 +20,7 @@ import platform
 import subprocess
 import sys
 import warnings
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -280,11 +280,28 @@ def machine_key(meta: Dict[str, Any]) -> str:
     return f"{m.get('cpu')}|{m.get('cores')}|{m.get('gpu_name', '-')}"
 
 
+def portable_path(path: str) -> str:
+    """``path`` relative to the current directory when it lies below it (no machine paths in results)."""
+    if os.path.isabs(path):
+        rel = os.path.relpath(path)
+        if not rel.startswith(".."):
+            return rel
+    return path
+
+
+def portable_argv(argv: Sequence[str]) -> List[str]:
+    """A command line fit for committed results: the program by its name, paths below cwd made relative."""
+    argv = [str(a) for a in argv]
+    if not argv:
+        return argv
+    return [os.path.basename(argv[0])] + [portable_path(a) for a in argv[1:]]
+
+
 def collect_meta(**fields: Any) -> Dict[str, Any]:
     """meta.json contents: the given fields (seed, preset, argv, ...) plus git commit, machine and versions."""
     meta = dict(fields)
     meta.setdefault("start_time", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    meta.setdefault("argv", sys.argv)
+    meta["argv"] = portable_argv(meta.get("argv") or sys.argv)
     meta["git_commit"] = git_commit()
     meta["machine"] = machine_info()
     meta["versions"] = package_versions()

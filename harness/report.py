@@ -26,6 +26,7 @@ import warnings
 from typing import Any, Dict, Iterable, List, Optional
 
 from harness.cli import SUITES, UsageError
+from harness.records import portable_path
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -337,7 +338,7 @@ def write_report(run_dir: str, baseline: str = "torch") -> str:
                                     else os.path.basename(os.path.abspath(run_dir)))
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     parts = [f"# rnnbench report: {run_id}", "",
-             f"Generated {now} from `{os.path.abspath(run_dir)}` (rows.jsonl + meta.json). Figures are in "
+             f"Generated {now} from `{portable_path(run_dir)}` (rows.jsonl + meta.json). Figures are in "
              f"`{FIG_DIR}/`. Times are medians over repeated runs with their interquartile range [q25–q75].",
              "", machine_section(meta), "", summary_section(df)]
     for suite in _suite_order(df["suite"].dropna().unique()):

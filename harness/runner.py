@@ -34,7 +34,8 @@ import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.cli import UsageError
-from harness.records import (LOCK_FILE, ROWS_FILE, RowWriter, collect_meta, read_meta, scan, write_meta)
+from harness.records import (LOCK_FILE, ROWS_FILE, RowWriter, collect_meta, portable_argv, read_meta, scan,
+                             write_meta)
 
 #: Per-case time limit (seconds) by preset when neither --timeout, the case nor the suite says otherwise.
 DEFAULT_TIMEOUT_S = {"smoke": 300.0, "quick": 900.0, "full": 3600.0}
@@ -512,7 +513,7 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if meta_old:
         meta = dict(meta_old)
-        meta.setdefault("resumed", []).append({"time": now, "argv": list(argv or sys.argv)})
+        meta.setdefault("resumed", []).append({"time": now, "argv": portable_argv(argv or sys.argv)})
         meta.pop("end_time", None)
         meta.setdefault("run_id", f"{_utc_stamp()}-{preset}")
         meta["status"] = "running"

@@ -33,7 +33,7 @@ def _gate_perm(a: Optional[np.ndarray], H: int, perm) -> Optional[np.ndarray]:
     return np.concatenate([a[k * H:(k + 1) * H] for k in perm], axis=0)
 
 
-def _sigmoid_(a: np.ndarray) -> np.ndarray:
+def sigmoid_(a: np.ndarray) -> np.ndarray:
     """In-place logistic: σ(a) = (1 + tanh(a/2)) / 2 — no overflow for large |a|, one transcendental."""
     np.multiply(a, 0.5, out=a)
     np.tanh(a, out=a)
@@ -86,7 +86,7 @@ def _forward_steps(spec: CellSpec, w_hh_t: np.ndarray, b_hh: Optional[np.ndarray
             np.maximum(g, 0, out=h[t + 1])
         elif cell == "lstm":
             g += hw
-            _sigmoid_(g[:, :3 * H])                   # i, f, o
+            sigmoid_(g[:, :3 * H])                   # i, f, o
             np.tanh(g[:, 3 * H:], out=g[:, 3 * H:])  # g
             i, f, o, gg = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
             ct = c[t + 1]
@@ -101,7 +101,7 @@ def _forward_steps(spec: CellSpec, w_hh_t: np.ndarray, b_hh: Optional[np.ndarray
                 hw += b_hh
             rz = g[:, :2 * H]
             rz += hw[:, :2 * H]
-            _sigmoid_(rz)
+            sigmoid_(rz)
             r, z, n = g[:, :H], g[:, H:2 * H], g[:, 2 * H:]
             hn[t] = hw[:, 2 * H:]
             np.multiply(r, hn[t], out=tmp)

@@ -52,6 +52,7 @@ except ImportError:  # pragma: no cover - optional: without it the BLAS keeps it
 from harness.params import Grads, LayerParams, Params
 from harness.spec import CellSpec, State, zero_state
 from implementations import numpy_rnn
+from implementations.numpy_rnn import sigmoid_
 
 #: Target size in bytes of the per-chunk temporary of the homogeneous update (fits in L2 with its M chunk).
 CHUNK_BYTES = 1 << 18
@@ -172,15 +173,6 @@ def _band(M: np.ndarray, off: int, G: int, H: int, K: int) -> np.ndarray:
     base = M.reshape(-1)[off:]
     return np.lib.stride_tricks.as_strided(base, shape=(B, G, H, K),
                                            strides=(H * Q * it, H * K * it, (Q + K) * it, it), writeable=True)
-
-
-def _sigmoid_(a: np.ndarray) -> np.ndarray:
-    """In-place logistic via tanh (no overflow)."""
-    np.multiply(a, 0.5, out=a)
-    np.tanh(a, out=a)
-    np.multiply(a, 0.5, out=a)
-    np.add(a, 0.5, out=a)
-    return a
 
 
 # -- one layer's per-step work --------------------------------------------------------------------------------
@@ -316,8 +308,8 @@ class _LayerRTRL:
             return
         if self.lstm:
             a += hw
-            _sigmoid_(a[:, :2 * H])
-            _sigmoid_(a[:, 3 * H:])
+            sigmoid_(a[:, :2 * H])
+            sigmoid_(a[:, 3 * H:])
             np.tanh(a[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])
             i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
             c, cp, tmp = self.c, self.c_prev, self.tmp
@@ -348,7 +340,7 @@ class _LayerRTRL:
         if self.bias:
             hw += self.b_hh
         a[:, :2 * H] += hw[:, :2 * H]
-        _sigmoid_(a[:, :2 * H])
+        sigmoid_(a[:, :2 * H])
         r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
         hn = hw[:, 2 * H:]
         tmp, tmp2 = self.tmp, self.tmp2
