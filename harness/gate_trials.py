@@ -92,13 +92,12 @@ def _flag(st: Dict[str, float], threshold: float, alpha: float) -> bool:
 def one_trial(trees: Dict[str, str], head_key: str, cfg: gate.GateConfig, loose: Tuple[float, float]
               ) -> Dict[str, Any]:
     """One gate measurement (+ confirmation of what the loosest setting flags), every statistic kept."""
-    from harness.compare import ratio_stats
     t0 = time.monotonic()
     load = os.getloadavg()[0]
     pair = {"A": trees["base"], "B": trees[head_key]}
     rec1: List[Dict[str, Any]] = []
     s1, _, err = gate.measure(pair, cfg.backends[0], cfg, checks=False, record=rec1)
-    stats1 = {f"{c}/{m}": ratio_stats(s["A"], s["B"], alternative="greater") for (c, m), s in s1.items()}
+    stats1 = {f"{c}/{m}": gate.gate_stats(s) for (c, m), s in s1.items()}
     flagged = [k for k, st in stats1.items() if _flag(st, *loose)]
     rec2: List[Dict[str, Any]] = []
     stats2: Dict[str, Any] = {}
@@ -106,7 +105,7 @@ def one_trial(trees: Dict[str, str], head_key: str, cfg: gate.GateConfig, loose:
         only = [k.rsplit("/", 1) for k in flagged]
         s2, _, err2 = gate.measure(pair, cfg.backends[0], cfg, only=only, checks=False, record=rec2)
         err += err2
-        stats2 = {f"{c}/{m}": ratio_stats(s["A"], s["B"], alternative="greater") for (c, m), s in s2.items()}
+        stats2 = {f"{c}/{m}": gate.gate_stats(s) for (c, m), s in s2.items()}
     return {"kind": head_key, "load1": load, "wall_s": time.monotonic() - t0, "errors": err,
             "pass1": stats1, "pass2": stats2, "raw1": rec1, "raw2": rec2}
 
