@@ -109,7 +109,8 @@ def _points(preset: str) -> List[Point]:
         h_sweep("rnn_tanh", (16, 32, 64, 128), 1, (10, 40))
         h_sweep("rnn_tanh", (16, 32, 64), 8, (10, 40))
         for cell in ("lstm", "gru"):
-            h_sweep(cell, (16, 32, 64), 1, (10, 40))
+            # up to H = 128: below it small-GEMM overhead still hides RTRL's H^4 time per step
+            h_sweep(cell, (16, 32, 64, 128), 1, (10, 40))
     else:
         for B in (1, 8):
             t_sweep("rnn_tanh", 16, B, (200, 400, 800, 1600, 3200), 50)
