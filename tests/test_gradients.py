@@ -414,3 +414,13 @@ def test_smoke_agreement_cases_on_other_backends(name):
     assert not [(r["metric"], r["reason"]) for r in checks if r["status"] != "ok"]
     diffs = [r["value"] for r in rows if r["metric"] == "backend_max_rel_diff"]
     assert len(diffs) == 4 and max(diffs) <= 1e-10
+
+
+def test_no_torch_native_cases_on_cpu():
+    """torch-native only means something on CUDA; the CPU gets no cases that could only be skipped."""
+    from suites.gradients import SUITE
+    cpu = SUITE.cases("smoke", ["numpy", "torch", "torch-native"], "cpu")
+    assert not [c for c in cpu if c.backend == "torch-native"]
+    assert [c for c in cpu if c.backend == "torch"]
+    cuda = SUITE.cases("smoke", ["torch", "torch-native"], "cuda")
+    assert [c for c in cuda if c.backend == "torch-native"]
