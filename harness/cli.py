@@ -102,11 +102,13 @@ def _add_gate(sub) -> None:
     p.add_argument("--markdown", metavar="FILE", help="write the summary as Markdown")
     p.add_argument("--repo", metavar="DIR", default=".", help="repository to gate (default: .)")
     p.add_argument("--alpha", type=float, default=None, metavar="P",
-                   help="significance level of the one-sided Mann-Whitney test (default: 0.01)")
+                   help="significance level of the one-sided Wilcoxon signed-rank test over processes (default: 0.01)")
     p.add_argument("--rounds", type=int, default=None, metavar="N",
-                   help="processes per side, interleaved A B B A (default: set from the measured trials)")
+                   help="worker processes, each loading both trees and timing them in adjacent pairs "
+                        "(default: set from the measured trials)")
     p.add_argument("--samples", type=int, default=None, metavar="N",
-                   help="timed samples per case and mode in each process (default: set from the trials)")
+                   help="timed pairs (one sample of each tree) per case and mode in each process "
+                        "(default: set from the trials)")
     p.add_argument("--case", action="append", metavar="TEXT",
                    help="only gate cases whose name contains TEXT (repeatable; default: every smoke case)")
     p.add_argument("--preset", default=None, metavar="NAME", help="preset the gate cases come from (default: smoke)")

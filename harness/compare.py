@@ -142,6 +142,34 @@ def ratio_stats(base: Sequence[float], new: Sequence[float], higher_better: bool
     return {"ratio": ratio, "ci_lo": lo, "ci_hi": hi, "p": p, "n_base": len(b), "n_new": len(n)}
 
 
+def signed_rank_p(logs: Sequence[float], alternative: str = "greater") -> float:
+    """Wilcoxon signed-rank p-value that the values are centred above 0 (``alternative='greater'``).
+
+    For paired comparisons: ``logs`` are log(new/base) ratios of matched pairs (or of whole processes).
+    Exact for small samples (scipy's default); zeros carry no evidence and are dropped (Wilcoxon's rule).
+    """
+    from scipy.stats import wilcoxon
+    d = np.asarray(logs, dtype=float)
+    d = d[np.isfinite(d) & (d != 0)]
+    if len(d) < 2:
+        return math.nan
+    return float(wilcoxon(d, alternative=alternative).pvalue)
+
+
+def bootstrap_median_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = BOOTSTRAP_SEED) -> Tuple[float, float]:
+    """Percentile bootstrap CI of the median of one sample (seeded: same inputs, same interval)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    med = np.median(v[rng.integers(0, len(v), (resamples, len(v)))], axis=1)
+    a = (1 - confidence) / 2
+    lo, hi = np.percentile(med, [100 * a, 100 * (1 - a)])
+    return float(lo), float(hi)
+
+
 # -- loading -------------------------------------------------------------------------------------------
 
 @dataclass

@@ -4,18 +4,24 @@
 
 1. ``git worktree add --detach`` REV into a temporary directory (removed afterwards, also on errors).
 2. Runs the gate cases — by default the ``throughput`` suite's ``smoke`` cases of the ``numpy`` backend,
-   forward and training — from both trees, in fresh processes interleaved A B B A A B B A … (A = base,
-   B = head), so slow drifts of the machine (other jobs, turbo, thermal) hit both sides alike.
-   Each process puts the tree first on ``PYTHONPATH`` (the import origin is checked), runs one thread
-   (``OMP_NUM_THREADS=1`` …, ``Backend.set_threads(1)``), pinned to one core, and for every case builds
-   the suite's own data (``suites.throughput.make_data``) and times the backend's prepared callable
-   (``prepare_forward``/``prepare_train``) with ``harness.timing.Timer`` for a fixed number of samples.
-   The first process of each side also runs the suite's equivalence check (``equivalence_error``).
-3. Decides: a (case, mode) is *flagged* when the ratio of median times head/base exceeds the threshold
-   **and** a one-sided Mann–Whitney U test says head is slower (p < alpha). Flagged cases are re-run
-   (fresh interleaved processes); the gate fails (exit 1) only if the re-run flags them again
-   (false-alarm probability about p²). A deterministic check fails at once: the head's equivalence error
-   past its tolerance.
+   forward and training — from both trees **in the same process**: each of ``rounds`` fresh processes
+   imports one tree, prepares its callables, swaps that tree's modules out of ``sys.modules``, imports
+   the other tree, and then times the two sides in adjacent pairs (A B B A A B …; the tree a sample
+   belongs to is swapped back in before it, outside the timed region). The load order alternates
+   between processes. Each process runs one thread (``OMP_NUM_THREADS=1`` …, ``Backend.set_threads(1)``)
+   pinned to one core; data come from the suite's own ``make_data`` in each tree; a sample is
+   ``number`` back-to-back calls of the backend's prepared callable (``prepare_forward``/``prepare_train``)
+   lasting about ``sample_s``. The first process also runs each tree's equivalence check.
+3. Decides: per process, the median log-ratio head/base of its pairs; a (case, mode) is *flagged* when
+   exp(median over processes) exceeds the threshold **and** a one-sided Wilcoxon signed-rank test over
+   the processes says head is slower (p < alpha). Flagged cases are re-run (fresh processes); the gate
+   fails (exit 1) only if the re-run flags them again. A deterministic check fails at once: the head's
+   equivalence error past its tolerance.
+
+Why pairs inside one process: on a shared 2-core VM whole processes land on slow spells (1.5x in every
+sample), and the memory layout of a process (environment size, path lengths) shifted identical code by
+1.5-1.9x between processes in A/A runs. Comparing processes of A against processes of B has to beat that
+noise; a pair inside one process does not see it at all.
 
 The defaults (threshold, alpha, rounds, samples) were chosen from measured A/A and injected-slowdown
 trials on a 2-core machine: see :mod:`harness.gate_trials` and the README.
@@ -37,14 +43,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-#: Defaults, from the trials (harness/gate_trials.py) on the 2-core machine, load ~1, 12+12 processes x 5 samples,
-#: per-process medians, random layout pad: threshold 1.05 / alpha 0.01 gave 0/20 A/A false alarms and caught the
-#: 1.25x LSTM slowdown in 10/20 trials (1.10x: 2/10); alpha 0.05 gives 1/20 and 16/20. (The earlier pooled-sample
-#: test, 6+6 x 10, caught more but failed A/A runs between trees whose paths differ in length: memory layout.)
+#: Defaults, from the trials (harness/gate_trials.py) on the 2-core machine: see the README for the rates.
 DEFAULT_THRESHOLD = 1.05
 DEFAULT_ALPHA = 0.01
-DEFAULT_ROUNDS = 12         # processes per side (interleaved A B B A ...); the unit of the rank test
-DEFAULT_SAMPLES = 5         # timed samples per case and mode in each process (their median is used)
+DEFAULT_ROUNDS = 10         # processes, each timing both trees; the unit of the signed-rank test
+DEFAULT_SAMPLES = 8         # timed pairs per case and mode in each process (their median log-ratio is used)
+DEFAULT_SAMPLE_S = 0.004    # seconds of back-to-back calls in one timed sample
 DEFAULT_WARMUP = 2
 DEFAULT_SUITE = "throughput"
 DEFAULT_PRESET = "smoke"
@@ -141,40 +145,57 @@ class Worktree:
         _git(self.repo, "worktree", "prune")
 
 
-# -- the worker (runs in a fresh interpreter with the tree first on sys.path) ------------------------------
+# -- the worker (a fresh interpreter that loads both trees, one after the other) ---------------------------
 
-def _worker(payload: Dict[str, Any]) -> Dict[str, Any]:
-    """Time the gate cases of one tree. Imports only what the tree provides (plus the environment)."""
-    tree = payload["tree"]
-    if payload.get("pin") is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(payload["pin"])})
-    sys.path.insert(0, tree)
-    out: Dict[str, Any] = {"results": [], "checks": [], "modules": {}}
+def _under(path: Optional[str], tree: str) -> bool:
+    return bool(path) and os.path.realpath(path).startswith(tree + os.sep)
+
+
+def _tree_modules(tree: str) -> Dict[str, Any]:
+    """The loaded modules whose source lies in ``tree`` (what must be swapped out before the other tree loads)."""
+    return {n: m for n, m in list(sys.modules.items()) if _under(getattr(m, "__file__", None), tree)}
+
+
+def _activate(tree: str, mods: Dict[str, Any], other: Optional[Tuple[str, Dict[str, Any]]]) -> None:
+    """Make ``tree`` the one imports resolve to: its path first, its modules in ``sys.modules``.
+
+    Done before every timed sample too, outside the timed region: code that imports lazily at call time
+    must get its own tree's module, never the other tree's.
+    """
+    import importlib
+    if other is not None:
+        for n in other[1]:
+            sys.modules.pop(n, None)
+        while other[0] in sys.path:
+            sys.path.remove(other[0])
+    if not sys.path or sys.path[0] != tree:
+        sys.path.insert(0, tree)
+    sys.modules.update(mods)
+    importlib.invalidate_caches()
+
+
+def _load_side(tree: str, payload: Dict[str, Any]) -> Dict[str, Any]:
+    """Import one tree's suite and backend, build its data, prepare its callables; the side's report."""
+    side: Dict[str, Any] = {"fns": {}, "numbers": {}, "checks": [], "errors": [], "modules": {}}
     try:
         from suites.base import get_suite
         suite = get_suite(payload["suite"])
         tp = sys.modules[type(suite).__module__]
         make_data = getattr(tp, "make_data")
         from harness import backends as registry
-        from harness.timing import Timer
+        backend = registry.get(payload["backend"], "cpu")
     except Exception as e:  # noqa: BLE001 - reported to the parent, which decides the exit code
-        out["import_error"] = f"{type(e).__name__}: {e}"
-        return out
+        side["import_error"] = f"{type(e).__name__}: {e}"
+        return side
     name = payload["backend"]
+    backend.set_threads(int(payload["threads"]))
+    mods = ["suites.base", type(suite).__module__, type(backend).__module__, "harness.backends"]
+    side["modules"] = {m: getattr(sys.modules.get(m), "__file__", None) for m in mods}
     cases = [c for c in suite.cases(payload["preset"], [name], "cpu") if c.backend == name]
-    want = payload.get("only")  # [[case, mode], ...] for confirmation re-runs
     pats = payload.get("patterns") or []
     if pats:
         cases = [c for c in cases if any(p in c.name for p in pats)]
-    try:
-        backend = registry.get(name, "cpu")
-    except Exception as e:  # noqa: BLE001
-        out["import_error"] = f"backend {name!r}: {type(e).__name__}: {e}"
-        return out
-    backend.set_threads(int(payload["threads"]))
-    mods = ["suites.base", type(suite).__module__, type(backend).__module__, "harness.timing"]
-    out["modules"] = {m: getattr(sys.modules.get(m), "__file__", None) for m in mods}
-    n = int(payload["samples"])
+    want = payload.get("only")  # [[case, mode], ...] for confirmation re-runs
     for case in cases:
         modes = [m for m in (case.settings.get("modes") or "fwd,train").split(",") if m]
         if want is not None:
@@ -189,20 +210,85 @@ def _worker(payload: Dict[str, Any]) -> Dict[str, Any]:
                 got = tp.equivalence_error(backend, spec, data, dtype, t_check)
                 err, where = (got[0], got[1]) if isinstance(got, tuple) else (got, "")
                 tol = getattr(tp, "REL_TOL", {}).get(dtype)
-                out["checks"].append({"case": case.name, "metric": "equiv_error", "value": err, "tol": tol,
-                                      "where": where})
+                side["checks"].append({"case": case.name, "metric": "equiv_error", "value": err, "tol": tol,
+                                       "where": where})
             low = data.cast(dtype)
             for mode in modes:
                 if mode == "fwd":
                     fn = backend.prepare_forward(spec, low.params, low.x, low.state)
                 else:
                     fn = backend.prepare_train(spec, low.params, low.x, low.state, low.dy, low.d_state)
-                m = Timer(fn, warmup=int(payload["warmup"]), min_runs=n, max_runs=n, budget_s=1e9,
-                          target_rel_iqr=0.0).run()
-                out["results"].append({"case": case.name, "mode": mode, "samples": [float(s) for s in m.samples],
-                                       "number": int(getattr(m, "number", 1))})
+                side["fns"][(case.name, mode)] = fn
         except Exception as e:  # noqa: BLE001
-            out["results"].append({"case": case.name, "mode": "*", "error": f"{type(e).__name__}: {e}"})
+            side["errors"].append({"case": case.name, "mode": "*", "error": f"{type(e).__name__}: {e}"})
+    return side
+
+
+def _call_time(fn, number: int) -> float:
+    """Seconds per call over ``number`` back-to-back calls, the garbage collector off (as ``timeit`` does)."""
+    import gc
+    on = gc.isenabled()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return (time.perf_counter() - t0) / number
+    finally:
+        if on:
+            gc.enable()
+
+
+def _worker(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """Load both trees into this process and time their gate cases in adjacent pairs.
+
+    The trees load one after the other (order from the payload, alternated by the parent): the first
+    tree's modules are taken out of ``sys.modules`` before the second imports, and swapped back before
+    each of its samples. Both sides then share everything that a process adds to a timing — its memory
+    layout, its CPU, the spell of load it runs in — and each sample of one side sits next to a sample
+    of the other (A B B A ...), so the ratio of a pair is nearly free of the machine's drift.
+    """
+    if payload.get("pin") is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(payload["pin"])})
+    trees = {k: os.path.realpath(v) for k, v in payload["trees"].items()}
+    out: Dict[str, Any] = {"results": [], "checks": [], "modules": {}, "errors": {}, "load_order": payload["order"]}
+    sides: Dict[str, Dict[str, Any]] = {}
+    mods: Dict[str, Dict[str, Any]] = {}
+    prev: Optional[str] = None
+    for k in payload["order"]:
+        _activate(trees[k], {}, None if prev is None else (trees[prev], mods[prev]))
+        sides[k] = _load_side(trees[k], payload)
+        mods[k] = _tree_modules(trees[k])
+        out["modules"][k] = sides[k]["modules"]
+        out["checks"] += [{**c, "side": k} for c in sides[k]["checks"]]
+        out["errors"][k] = sides[k]["errors"]
+        if sides[k].get("import_error"):
+            out["import_error"] = {"side": k, "error": sides[k]["import_error"]}
+            return out
+        prev = k
+    keys = [key for key in sides["A"]["fns"] if key in sides["B"]["fns"]]
+    active = [prev]
+
+    def use(k: str) -> None:
+        if active[0] != k:
+            _activate(trees[k], mods[k], (trees[active[0]], mods[active[0]]))
+            active[0] = k
+
+    n, warm, target = int(payload["samples"]), int(payload["warmup"]), float(payload["sample_s"])
+    for key in keys:
+        per = {}
+        for k in ("A", "B"):  # warm-up, and a rough per-call time to size the samples
+            use(k)
+            fn = sides[k]["fns"][key]
+            for _ in range(max(1, warm)):
+                fn()
+            per[k] = _call_time(fn, 1)
+        number = max(1, int(math.ceil(target / max(1e-7, min(per.values())))))
+        got: Dict[str, List[float]] = {"A": [], "B": []}
+        for i, k in enumerate(_order(n)):  # A B B A A B ...: every pair i holds one sample of each side
+            use(k)
+            got[k].append(_call_time(sides[k]["fns"][key], number))
+        out["results"].append({"case": key[0], "mode": key[1], "A": got["A"], "B": got["B"], "number": number})
     return out
 
 
@@ -211,7 +297,7 @@ def _worker_entry() -> None:
     try:
         res = _worker(payload)
     except Exception as e:  # noqa: BLE001
-        res = {"import_error": f"{type(e).__name__}: {e}", "results": [], "checks": []}
+        res = {"import_error": {"side": "?", "error": f"{type(e).__name__}: {e}"}, "results": [], "checks": []}
     sys.stdout.write("\n" + _MARK + json.dumps(res) + "\n")
     sys.stdout.flush()
 
@@ -229,6 +315,7 @@ class GateConfig:
     rounds: int = DEFAULT_ROUNDS
     samples: int = DEFAULT_SAMPLES
     warmup: int = DEFAULT_WARMUP
+    sample_s: float = DEFAULT_SAMPLE_S
     threshold: float = DEFAULT_THRESHOLD
     alpha: float = DEFAULT_ALPHA
     threads: int = 1
@@ -245,7 +332,9 @@ class GateConfig:
             if int(getattr(self, k)) < 1:
                 raise _usage(f"--{k}: got {getattr(self, k)!r}; an integer >= 1")
         if self.rounds * self.samples < 6:
-            raise _usage(f"--rounds x --samples = {self.rounds * self.samples}: the rank test needs >= 6 samples a side")
+            raise _usage(f"--rounds x --samples = {self.rounds * self.samples}: the signed-rank test needs >= 6 pairs")
+        if not (self.sample_s > 0 and math.isfinite(self.sample_s)):
+            raise _usage(f"sample_s: got {self.sample_s!r}; seconds > 0 per timed sample")
 
 
 @dataclass
@@ -261,7 +350,7 @@ class Verdict:
     p: float
     flagged: bool
     confirm: Optional["Verdict"] = None
-    n: Tuple[int, int] = (0, 0)
+    n: Tuple[int, int] = (0, 0)  # (processes, pairs)
 
     @property
     def failed(self) -> bool:
@@ -301,44 +390,52 @@ def _pin_core(cfg: GateConfig) -> Optional[int]:
     return cores[-1] if cfg.pin == -1 else int(cfg.pin)
 
 
-def _env(tree: str, threads: int) -> Dict[str, str]:
+def _env(threads: int) -> Dict[str, str]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                 "NUMEXPR_NUM_THREADS"):
         env[var] = str(threads)
-    env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONHASHSEED"] = "0"
     env.pop("PYTHONSTARTUP", None)
     return env
 
 
-def run_worker(tree: str, backend: str, cfg: GateConfig, only: Optional[List[List[str]]] = None,
-               checks: bool = False, timeout: float = WORKER_TIMEOUT_S) -> Dict[str, Any]:
-    """One fresh process timing the gate cases of ``tree``; its parsed report (``error`` key on failure)."""
-    payload = {"tree": os.path.abspath(tree), "backend": backend, "suite": cfg.suite, "preset": cfg.preset,
-               "patterns": list(cfg.patterns), "samples": cfg.samples, "warmup": cfg.warmup, "seed": cfg.seed,
+def run_worker(trees: Dict[str, str], backend: str, cfg: GateConfig, order: Sequence[str] = ("A", "B"),
+               only: Optional[List[List[str]]] = None, checks: bool = False,
+               timeout: float = WORKER_TIMEOUT_S) -> Dict[str, Any]:
+    """One fresh process that loads both trees (in ``order``) and times their gate cases in pairs.
+
+    Its parsed report; an ``error`` key (and ``error_side``) when a side could not run.
+    """
+    payload = {"trees": {k: os.path.abspath(v) for k, v in trees.items()}, "order": list(order),
+               "backend": backend, "suite": cfg.suite, "preset": cfg.preset, "patterns": list(cfg.patterns),
+               "samples": cfg.samples, "warmup": cfg.warmup, "sample_s": cfg.sample_s, "seed": cfg.seed,
                "threads": cfg.threads, "pin": _pin_core(cfg), "only": only, "checks": checks}
     boot = ("import runpy, sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
             f"runpy.run_path({os.path.abspath(__file__)!r}, run_name={_WORKER_RUN_NAME!r})")
-    env = _env(os.path.abspath(tree), cfg.threads)
-    # Memory layout (stack and heap offsets) shifts with the size of the environment, and the two trees'
-    # paths differ in length: a fixed layout difference alone made identical code measure 1.5x apart in
-    # A/A runs. A random pad per process turns that bias into noise, which the per-process test absorbs.
+    env = _env(cfg.threads)
+    # The size of the environment moves the stack, and with it the layout of everything after: a pad of
+    # random length per process makes any such layout effect noise across processes, never a bias.
     env["RNNBENCH_GATE_LAYOUT_PAD"] = "x" * random.randrange(0, 4096)
     try:
         r = subprocess.run([sys.executable, "-c", boot], input=json.dumps(payload), capture_output=True, text=True,
                            env=env, cwd=tempfile.gettempdir(), timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"worker timed out after {timeout:.0f} s"}
+        return {"error": f"worker timed out after {timeout:.0f} s", "error_side": "B"}
     for line in reversed(r.stdout.splitlines()):
         if line.startswith(_MARK):
             res = json.loads(line[len(_MARK):])
             if res.get("import_error"):
-                res["error"] = res["import_error"]
-            res["error"] = res.get("error") or _origin_problem(tree, res.get("modules", {}))
+                res["error"], res["error_side"] = res["import_error"]["error"], res["import_error"]["side"]
+                return res
+            for k in ("A", "B"):
+                prob = _origin_problem(trees[k], res.get("modules", {}).get(k, {}))
+                if prob:
+                    res["error"], res["error_side"] = prob, k
+                    return res
             return res
     tail = (r.stderr.strip().splitlines() or ["(no output)"])[-3:]
-    return {"error": f"worker exited with code {r.returncode}: " + " | ".join(tail)}
+    return {"error": f"worker exited with code {r.returncode}: " + " | ".join(tail), "error_side": "?"}
 
 
 def _origin_problem(tree: str, modules: Dict[str, Optional[str]]) -> Optional[str]:
@@ -363,73 +460,92 @@ def _order(rounds: int) -> List[str]:
     return out
 
 
+def add_process(entry: Dict[str, List[float]], a_ms: Sequence[float], b_ms: Sequence[float]) -> None:
+    """Fold one process's paired samples (ms, pair i = ``a_ms[i]``, ``b_ms[i]``) into a comparison's entry.
+
+    Keeps the raw samples (``A``, ``B``), the log-ratio of every pair (``pairs``) and, per process, the
+    median of its pairs' log-ratios (``proc``): the process is the unit of replication the test uses.
+    """
+    for k in ("A", "B", "pairs", "proc"):
+        entry.setdefault(k, [])
+    entry["A"].extend(float(v) for v in a_ms)
+    entry["B"].extend(float(v) for v in b_ms)
+    logs = [math.log(b / a) for a, b in zip(a_ms, b_ms) if a > 0 and b > 0]
+    entry["pairs"].extend(logs)
+    if logs:
+        srt = sorted(logs)
+        m = len(srt) // 2
+        entry["proc"].append(srt[m] if len(srt) % 2 else 0.5 * (srt[m - 1] + srt[m]))
+
+
 def measure(trees: Dict[str, str], backend: str, cfg: GateConfig, only: Optional[List[List[str]]] = None,
             checks: bool = True, log=None, deadline: Optional[float] = None,
             record: Optional[List[Dict[str, Any]]] = None
             ) -> Tuple[Dict[Tuple[str, str], Dict[str, List[float]]], List[Dict[str, Any]], List[str]]:
-    """Interleaved runs of both trees: ({(case, mode): {"A": samples, "B": samples}}, checks, head errors).
+    """``cfg.rounds`` fresh processes, each timing both trees in pairs: (entries by (case, mode), checks, errors).
 
-    Samples are in ms. ``record`` (a list) receives each process's raw results in order, for the trials.
-    Raises :class:`BaseTreeError` when the base tree (A) cannot run.
+    The trees load in alternating order (A first in even processes, B first in odd ones), so whatever the
+    load order does to a timing cancels across processes. Samples are in ms. ``record`` (a list) receives
+    each process's raw results in order, for the trials. Raises :class:`BaseTreeError` when the base tree
+    (A) cannot run.
     """
     samples: Dict[Tuple[str, str], Dict[str, List[float]]] = {}
     chk: List[Dict[str, Any]] = []
     errors: List[str] = []
-    first = {"A": True, "B": True}
-    for side in _order(cfg.rounds):
+    for i in range(cfg.rounds):
         if deadline is not None and time.monotonic() > deadline:
-            errors.append(f"time limit reached: stopped after {sum(len(v['A']) for v in samples.values())} samples")
+            errors.append(f"time limit reached: stopped after {i} of {cfg.rounds} processes")
             break
-        res = run_worker(trees[side], backend, cfg, only=only, checks=checks and first[side])
+        order = ("A", "B") if i % 2 == 0 else ("B", "A")
+        res = run_worker(trees, backend, cfg, order=order, only=only, checks=checks and i == 0)
         if res.get("error"):
-            if side == "A":
+            if res.get("error_side") == "A":
                 raise BaseTreeError(f"the base tree {trees['A']} cannot run the gate cases: {res['error']}")
             errors.append(f"the head tree cannot run the gate cases: {res['error']}")
             break
-        if first[side]:
-            for c in res.get("checks", []):
-                chk.append({**c, "side": side, "backend": backend})
-        first[side] = False
-        if record is not None:
-            record.append({"side": side, "results": [{k: r.get(k) for k in ("case", "mode", "samples")}
-                                                     for r in res.get("results", []) if not r.get("error")]})
-        for r in res.get("results", []):
-            if r.get("error"):
-                (errors if side == "B" else []).append(f"{r['case']}: {r['error']}")
+        for side in ("A", "B"):
+            for r in (res.get("errors") or {}).get(side, []):
                 if side == "A":
                     raise BaseTreeError(f"the base tree fails on {r['case']}: {r['error']}")
-                continue
-            # seconds per call -> ms; each process's median is kept apart: the process is the unit of
-            # replication (a process that lands on a slow spell is slow in all its samples)
-            ms = [1e3 * s for s in r["samples"]]
-            entry = samples.setdefault((r["case"], r["mode"]), {"A": [], "B": [], "A_proc": [], "B_proc": []})
-            entry[side].extend(ms)
-            if ms:
-                entry[side + "_proc"].append(float(sorted(ms)[len(ms) // 2]) if len(ms) % 2 else
-                                             0.5 * (sorted(ms)[len(ms) // 2 - 1] + sorted(ms)[len(ms) // 2]))
+                errors.append(f"{r['case']}: {r['error']}")
+        chk += [{**c, "backend": backend} for c in res.get("checks", [])]
+        if record is not None:
+            record.append({"order": list(order), "results": [{k: r.get(k) for k in ("case", "mode", "A", "B", "number")}
+                                                              for r in res.get("results", [])]})
+        for r in res.get("results", []):
+            entry = samples.setdefault((r["case"], r["mode"]), {})
+            add_process(entry, [1e3 * v for v in r["A"]], [1e3 * v for v in r["B"]])
         if log:
-            log(side)
+            log(i)
+        if errors:
+            break
     return samples, chk, errors
 
 
-#: fewest processes per side for the per-process test (Mann-Whitney on 3+3 can reach p = 0.05 only)
-MIN_PROCESSES = 3
+#: fewest processes for the per-process test (the signed-rank test on 3 can reach p = 0.125 only)
+MIN_PROCESSES = 6
 
 
 def gate_stats(s: Dict[str, List[float]]) -> Dict[str, float]:
-    """Ratio head/base, CI and one-sided p for one (case, mode), on per-process medians.
+    """Ratio head/base, its 95 % CI and the one-sided p that head is slower, for one (case, mode).
 
-    Samples inside one process are not independent: on a shared VM a whole process can land on a slow
-    spell (CPU steal, a noisy neighbour) and be 1.5x slower in every sample. Testing the pooled samples
-    treats 10 correlated samples as 10 independent ones and false-alarms (an A/A gate on identical code
-    failed that way); the per-process medians are the honest unit. Falls back to pooled samples when a
-    side has fewer than :data:`MIN_PROCESSES` processes.
+    The unit is the process: inside one, the pairs share a memory layout and a spell of machine load, so
+    they are not independent replicates of the comparison; each process gives one paired log-ratio (the
+    median of its pairs) and the Wilcoxon signed-rank test asks whether those sit above 0. The ratio is
+    exp(median over processes). With fewer than :data:`MIN_PROCESSES` processes, falls back to the pairs.
     """
-    from harness.compare import ratio_stats
-    a, b = s.get("A_proc") or [], s.get("B_proc") or []
-    if len(a) >= MIN_PROCESSES and len(b) >= MIN_PROCESSES:
-        return ratio_stats(a, b, alternative="greater")
-    return ratio_stats(s["A"], s["B"], alternative="greater")
+    from harness.compare import bootstrap_median_ci, signed_rank_p
+    logs = s.get("proc") or []
+    if len(logs) < MIN_PROCESSES:
+        logs = s.get("pairs") or []
+    if not logs:
+        return {"ratio": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p": math.nan, "n": 0}
+    srt = sorted(logs)
+    m = len(srt) // 2
+    med = srt[m] if len(srt) % 2 else 0.5 * (srt[m - 1] + srt[m])
+    lo, hi = bootstrap_median_ci(logs)
+    return {"ratio": math.exp(med), "ci_lo": math.exp(lo), "ci_hi": math.exp(hi),
+            "p": signed_rank_p(logs, "greater"), "n": len(logs)}
 
 
 def judge(samples: Dict[Tuple[str, str], Dict[str, List[float]]], backend: str, threshold: float,
@@ -444,7 +560,7 @@ def judge(samples: Dict[Tuple[str, str], Dict[str, List[float]]], backend: str, 
         st = gate_stats(s)
         flagged = bool(st["ratio"] > threshold and st["p"] < alpha)
         out.append(Verdict(backend, case, mode, float(np.median(s["A"])), float(np.median(s["B"])), st["ratio"],
-                           st["ci_lo"], st["ci_hi"], st["p"], flagged, n=(len(s["A"]), len(s["B"]))))
+                           st["ci_lo"], st["ci_hi"], st["p"], flagged, n=(len(s.get("proc") or []), len(s["A"]))))
     return out
 
 
@@ -472,7 +588,7 @@ def run_gate(head: str, base: str, cfg: GateConfig, base_desc: str = "", log=pri
     trees = {"A": base, "B": head}
     for backend in cfg.backends:
         samples, chk, errors = measure(trees, backend, cfg, log=None, deadline=deadline)
-        res.processes += 2 * cfg.rounds
+        res.processes += cfg.rounds
         res.errors += errors
         res.checks += judge_checks(chk)
         verdicts = judge(samples, backend, cfg.threshold, cfg.alpha)
@@ -485,7 +601,7 @@ def run_gate(head: str, base: str, cfg: GateConfig, base_desc: str = "", log=pri
                 "confirming with a fresh interleaved re-run")
             s2, _, e2 = measure(trees, backend, cfg, only=[[v.case, v.mode] for v in flagged], checks=False,
                                 deadline=deadline + 120)
-            res.processes += 2 * cfg.rounds
+            res.processes += cfg.rounds
             res.errors += e2
             again = {(v.case, v.mode): v for v in judge(s2, backend, cfg.threshold, cfg.alpha)}
             for v in flagged:
@@ -510,10 +626,10 @@ def _status(v: Verdict) -> str:
 def format_text(res: GateResult) -> str:
     cfg = res.config
     lines = [f"gate: head {res.head} vs base {res.base_desc}",
-             f"gate: {cfg.suite}/{cfg.preset} cases of {', '.join(cfg.backends)}; {cfg.rounds}+{cfg.rounds} "
-             f"processes interleaved A B B A, {cfg.samples} samples each, {cfg.threads} thread(s)"
+             f"gate: {cfg.suite}/{cfg.preset} cases of {', '.join(cfg.backends)}; {cfg.rounds} processes each "
+             f"timing both trees in {cfg.samples} adjacent pairs, {cfg.threads} thread(s)"
              + (f", pinned to core {_pin_core(cfg)}" if _pin_core(cfg) is not None else "")
-             + f"; fail if ratio > {cfg.threshold:g} with one-sided Mann-Whitney p < {cfg.alpha:g}, confirmed by a re-run"]
+             + f"; fail if ratio > {cfg.threshold:g} with one-sided signed-rank p < {cfg.alpha:g} over processes, confirmed by a re-run"]
     head = f"{'backend':<8} {'case':<36} {'mode':<5} {'base ms':>9} {'head ms':>9} {'ratio':>7} {'95% CI':>17} {'p':>8}  verdict"
     lines += [head, "-" * len(head)]
     for v in sorted(res.verdicts, key=lambda v: -v.ratio):
@@ -553,8 +669,8 @@ def format_markdown(res: GateResult) -> str:
     ok = res.passed
     out = [f"### rnnbench gate: {'✅ pass' if ok else '❌ fail'}", "",
            f"Head `{res.head}` vs base `{res.base_desc}`: {cfg.suite}/{cfg.preset} cases of "
-           f"{', '.join(cfg.backends)}, {cfg.rounds}+{cfg.rounds} interleaved processes x {cfg.samples} samples, "
-           f"threshold {cfg.threshold:g}, one-sided Mann-Whitney alpha {cfg.alpha:g}, confirmation re-run; "
+           f"{', '.join(cfg.backends)}, {cfg.rounds} processes each timing both trees in {cfg.samples} adjacent pairs, "
+           f"threshold {cfg.threshold:g}, one-sided signed-rank alpha {cfg.alpha:g} over processes, confirmation re-run; "
            f"{res.wall_s:.0f} s.", "",
            "| backend | case | mode | base ms | head ms | ratio | 95% CI | p | verdict |",
            "|---|---|---|---|---|---|---|---|---|"]

@@ -17,7 +17,7 @@
    the A/A trials and the detection rate of each slowdown, per (threshold, alpha), plus the load average.
 
 A trial "fails" (the gate would exit 1) when some (case, mode) is flagged in the first pass
-(ratio > threshold and one-sided Mann–Whitney p < alpha) and flagged again in its confirmation pass.
+(ratio > threshold and one-sided signed-rank p < alpha over processes) and flagged again in its confirmation pass.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def gate_fails(trial: Dict[str, Any], threshold: float, alpha: float, only: Opti
 
 def summarise(trials: List[Dict[str, Any]], cfg: gate.GateConfig) -> str:
     kinds = list(dict.fromkeys(t["kind"] for t in trials))
-    lines = [f"gate trials: {cfg.rounds}+{cfg.rounds} processes x {cfg.samples} samples, "
+    lines = [f"gate trials: {cfg.rounds} processes x {cfg.samples} pairs (both trees in each process), "
              f"{cfg.suite}/{cfg.preset} cases of {', '.join(cfg.backends)}, {cfg.threads} thread(s), "
              f"pin={'core ' + str(gate._pin_core(cfg)) if gate._pin_core(cfg) is not None else 'no'}"]
     counts = {k: sum(t["kind"] == k for t in trials) for k in kinds}

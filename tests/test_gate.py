@@ -6,6 +6,7 @@ The injected slowdown is large (a sleep several times the call) so the verdict d
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -143,17 +144,43 @@ def test_interleaving_order():
     assert sum(o[2 * i] == "A" for i in range(6)) == 3
 
 
+def _entry(rng, ratio, processes=10, pairs=8, process_noise=0.3, pair_noise=0.02):
+    """Paired samples as the workers report them: each process has its own speed (up to 1.5x apart, as on a
+    shared VM), which both sides of a pair share; the pairs' own noise is small."""
+    e = {}
+    for _ in range(processes):
+        speed = 1.0 + process_noise * rng.random()
+        a = speed * (1.0 + pair_noise * rng.standard_normal(pairs))
+        b = ratio * speed * (1.0 + pair_noise * rng.standard_normal(pairs))
+        gate.add_process(e, list(a), list(b))
+    return e
+
+
 def test_judge_flags_only_significant_slowdowns_beyond_threshold():
     rng = np.random.default_rng(0)
-    a = list(1.0 + 0.02 * rng.standard_normal(60))
-    samples = {("c", "fwd"): {"A": a, "B": list(1.25 + 0.02 * rng.standard_normal(60))},
-               ("c", "train"): {"A": a, "B": list(1.0 + 0.02 * rng.standard_normal(60))},
-               ("d", "fwd"): {"A": a, "B": list(1.05 + 0.02 * rng.standard_normal(60))}}
+    samples = {("c", "fwd"): _entry(rng, 1.25), ("c", "train"): _entry(rng, 1.0), ("d", "fwd"): _entry(rng, 1.05)}
     v = {(x.case, x.mode): x for x in gate.judge(samples, "numpy", threshold=1.10, alpha=0.01)}
     assert v[("c", "fwd")].flagged and 1.2 < v[("c", "fwd")].ratio < 1.3
+    assert v[("c", "fwd")].ci_lo < v[("c", "fwd")].ratio < v[("c", "fwd")].ci_hi
+    assert v[("c", "fwd")].n == (10, 80)
     assert not v[("c", "train")].flagged
-    assert not v[("d", "fwd")].flagged  # significant, but within the threshold
+    assert v[("d", "fwd")].p < 0.01 and not v[("d", "fwd")].flagged  # significant, but within the threshold
     assert not v[("c", "fwd")].failed  # not failed until a re-run confirms it
+
+
+def test_per_process_statistic_ignores_process_speed_but_not_a_consistent_slowdown():
+    rng = np.random.default_rng(1)
+    # processes 1.5x apart in speed: the pooled samples of the two sides overlap, the pairs do not
+    st = gate.gate_stats(_entry(rng, 1.10, process_noise=0.5))
+    assert st["p"] < 0.005 and 1.08 < st["ratio"] < 1.12 and st["n"] == 10
+    # a slowdown in one process only (a spell of load on one side's samples) is not significant
+    e = _entry(rng, 1.0)
+    e["proc"][3] = math.log(1.5)
+    assert gate.gate_stats(e)["p"] > 0.05
+    # too few processes: the test falls back to the pairs
+    e = _entry(rng, 1.3, processes=2)
+    st = gate.gate_stats(e)
+    assert st["n"] == 16 and st["p"] < 0.001
 
 
 def test_judge_checks_fail_when_head_passes_tolerance():
