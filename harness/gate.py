@@ -152,8 +152,20 @@ def _under(path: Optional[str], tree: str) -> bool:
 
 
 def _tree_modules(tree: str) -> Dict[str, Any]:
-    """The loaded modules whose source lies in ``tree`` (what must be swapped out before the other tree loads)."""
-    return {n: m for n, m in list(sys.modules.items()) if _under(getattr(m, "__file__", None), tree)}
+    """The loaded modules whose source lies in ``tree`` (what must be swapped out before the other tree loads).
+
+    Installed packages are never the tree's, even when the environment lives inside it (a ``.venv`` in the
+    checkout): they are shared by both sides, and extension modules such as NumPy's cannot load twice.
+    """
+    envs = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+
+    def own(path: Optional[str]) -> bool:
+        if not _under(path, tree) or any(_under(path, e) for e in envs):
+            return False
+        parts = os.path.realpath(path).split(os.sep)
+        return "site-packages" not in parts and "dist-packages" not in parts
+
+    return {n: m for n, m in list(sys.modules.items()) if own(getattr(m, "__file__", None))}
 
 
 def _activate(tree: str, mods: Dict[str, Any], other: Optional[Tuple[str, Dict[str, Any]]]) -> None:

@@ -202,3 +202,22 @@ def test_trials_count_a_failure_only_when_the_rerun_confirms():
     assert not gate_fails(t, 1.35, 0.01)              # below the threshold
     assert not gate_fails(t, 1.10, 1e-5)              # not significant enough
     assert "{factor}" in PATCH and "_forward_steps" in PATCH
+
+
+def test_tree_modules_leave_out_an_environment_inside_the_tree(tmp_path, monkeypatch):
+    """A checkout with its .venv inside: the installed packages must stay loaded when the trees swap."""
+    import sys
+    import types
+    tree = tmp_path / "tree"
+    (tree / ".venv" / "lib" / "site-packages").mkdir(parents=True)
+    own = types.ModuleType("gate_test_own")
+    own.__file__ = str(tree / "gate_test_own.py")
+    inst = types.ModuleType("gate_test_installed")
+    inst.__file__ = str(tree / ".venv" / "lib" / "site-packages" / "gate_test_installed.py")
+    other = types.ModuleType("gate_test_other")
+    other.__file__ = str(tmp_path / "elsewhere.py")
+    for m in (own, inst, other):
+        monkeypatch.setitem(sys.modules, m.__name__, m)
+    got = gate._tree_modules(os.path.realpath(str(tree)))
+    assert "gate_test_own" in got and "gate_test_installed" not in got and "gate_test_other" not in got
+    assert not [n for n in got if n.startswith("numpy")]
