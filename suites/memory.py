@@ -11,7 +11,10 @@ peak_bytes             B        peak bytes of one gradient computation, measured
 time_per_step_us       us       median time of one gradient computation / steps (:class:`harness.timing.Timer`;
                                 RTRL is timed over ``timed_steps`` steps, its per-step cost does not depend on T)
 rtrl_gemm_efficiency   ratio    NumPy RTRL only: GEMM FLOP/s achieved (``rtrl_flops_per_step`` / time per step)
-                                over the NumPy square-GEMM ceiling measured in the same worker, same dtype
+                                over the NumPy 1024³ GEMM ceiling (same dtype, BLAS threads), the two timed in
+                                alternation round by round; median of the per-round ratios
+time_exponent_pair     exponent NumPy RTRL at the largest H of an H sweep: log(t_H / t_h) / log(H / h) per round,
+                                with the next smaller H = h timed in alternation in the same process; median
 tbptt_grad_rel_diff    rel      tbptt(k) only: relative L2 distance of its parameter gradient from BPTT's
                                 (the bias of truncation, reported, not hidden)
 =====================  =======  ==============================================================================
@@ -23,7 +26,9 @@ run directory the summary is skipped):
 - ``exponent_mem_T`` — slope of log(peak) vs log(T) over the T sweep (BPTT ≈ 1, RTRL ≈ 0);
 - ``exponent_mem_H`` — slope of log(peak) vs log(H) over the H sweep at H ≥ 32 (RTRL ≈ 3, BPTT ≈ 1);
 - ``exponent_time_H`` — slope of log(time per step) vs log(H) between the two largest H (RTRL → 4, BPTT → 2);
-  ``exponent_all`` in extra is the fit over every H ≥ 32;
+  for NumPy RTRL it is the side-by-side ``time_exponent_pair`` of the largest-H case (``method`` says which;
+  ``exponent_separate`` keeps the slope between the two separate cases); ``exponent_all`` in extra is the fit
+  over every H ≥ 32;
 - ``crossover_T`` — per H: the length T* where BPTT's peak passes RTRL's, from BPTT's peaks at two lengths
   (a line ``a + b·T``) and RTRL's peak: ``T* = (R − a)/b``; ``theory_T`` beside it, ``extrapolated`` when T*
   lies outside the measured lengths.
@@ -31,10 +36,10 @@ run directory the summary is skipped):
 Every derived row carries ``fit_range``, ``n_points`` and the ``target`` interval from the issue.
 
 Presets (float64 throughout: RTRL is the exact-gradient reference):
-``smoke`` seconds — rnn_tanh, H ≤ 16, three lengths. ``quick`` about two minutes on 2 cores — rnn_tanh full
-sweeps (T 200..1600 at H=16, B=8; H 16..128 at B=1, 16..64 at B=8), LSTM and GRU T sweeps and H up to 64,
-torch and JAX on the rnn_tanh T sweep at T = 200, 400. ``full`` — longer T (to 1600), H to 256 (rnn_tanh) / 128 (LSTM, GRU), batch 1
-and 8, every backend, and the GPU (``--device cuda``: torch and JAX only; NumPy is CPU-only).
+``smoke`` seconds — rnn_tanh, H ≤ 16, three lengths. ``quick`` a few minutes on 2 cores — rnn_tanh full
+sweeps (T 200..1600 at H=16, B=8; H 16..256 at B=1, 16..64 at B=8), LSTM and GRU T sweeps (H=16, B=8) and
+H sweeps 16..256 at B=1, torch and JAX on the rnn_tanh T sweep at T = 200, 400. ``full`` — longer T (to 3200),
+H to 256 at batch 1, batch 1 and 8, every backend, and the GPU (``--device cuda``: torch and JAX only; NumPy is CPU-only).
 """
 from __future__ import annotations
 
@@ -56,6 +61,9 @@ BUDGET_S = {"smoke": 0.05, "quick": 0.15, "full": 1.0}
 TARGETS = {("exponent_mem_T", "bptt"): (0.9, 1.1), ("exponent_mem_T", "rtrl"): (-0.1, 0.1),
            ("exponent_mem_H", "rtrl"): (2.7, 3.3), ("exponent_time_H", "rtrl"): (3.5, None),
            ("exponent_mem_T", "tbptt"): (None, None)}
+RTRL_SAMPLES = 5       # fewest timed rounds of every NumPy RTRL point (see MemorySuite._rtrl_timing)
+RTRL_MAX_SAMPLES = 25  # most rounds: cheap points take more while within RTRL_BUDGET_S
+RTRL_BUDGET_S = 3.0
 EFFICIENCY_H = 128  # the H at which the issue asks for RTRL's GEMM efficiency
 
 
@@ -72,6 +80,7 @@ class Point:
     truncation: Optional[int] = None
     impl: str = "backend"
     layers: int = 1
+    pair_hidden: Optional[int] = None  # RTRL at the largest H: also time this H, alternating (side-by-side slope)
 
     @property
     def name(self) -> str:
@@ -95,7 +104,8 @@ def _points(preset: str) -> List[Point]:
         for H in Hs:
             for T in T_pair:  # BPTT at two lengths: the line a + b·T behind the crossover T*
                 P.append(Point("H", cell, B, T, H, "bptt"))
-            P.append(Point("H", cell, B, T_pair[0], H, "rtrl"))
+            P.append(Point("H", cell, B, T_pair[0], H, "rtrl",
+                           pair_hidden=Hs[-2] if (H == Hs[-1] and len(Hs) > 1) else None))
 
     if preset == "smoke":
         t_sweep("rnn_tanh", 8, 1, (10, 20, 40), 5)
@@ -106,18 +116,22 @@ def _points(preset: str) -> List[Point]:
         t_sweep("rnn_tanh", 16, 8, (200, 400, 800, 1600), 50, rtrl_max_T=800)
         for cell in ("lstm", "gru"):
             t_sweep(cell, 16, 8, (200, 800, 1600), 50, rtrl_max_T=800)
-        h_sweep("rnn_tanh", (16, 32, 64, 128), 1, (10, 40))
+        # B = 1 up to H = 256: RTRL's time per step only approaches its H^4 law once the J·M GEMMs (inner
+        # dimension H) run near the BLAS's full rate. Measured on 2 cores, fraction of the GEMM ceiling at
+        # H = 64 / 128 / 192: 0.35-0.41 / 0.55-0.69 / 0.72-0.76, so the local slope 64->128 is only 3.0-3.4
+        # and 128->192 3.4-3.8 (one 1.5x step is also fragile to a shared machine's drift); 128->256 is a
+        # factor 2 like the rest of the sweep.
+        h_sweep("rnn_tanh", (16, 32, 64, 128, 256), 1, (10, 40))
         h_sweep("rnn_tanh", (16, 32, 64), 8, (10, 40))
         for cell in ("lstm", "gru"):
-            # up to H = 128: below it small-GEMM overhead still hides RTRL's H^4 time per step
-            h_sweep(cell, (16, 32, 64, 128), 1, (10, 40))
+            h_sweep(cell, (16, 32, 64, 128, 256), 1, (10, 40))
     else:
         for B in (1, 8):
             t_sweep("rnn_tanh", 16, B, (200, 400, 800, 1600, 3200), 50)
             h_sweep("rnn_tanh", (16, 32, 64, 128) + ((256,) if B == 1 else ()), B, (10, 100))
             for cell in ("lstm", "gru"):
                 t_sweep(cell, 16, B, (200, 400, 800, 1600, 3200), 50)
-                h_sweep(cell, (16, 32, 64) + ((128,) if B == 1 else ()), B, (10, 100))
+                h_sweep(cell, (16, 32, 64) + ((128, 256) if B == 1 else ()), B, (10, 100))
             P.append(Point("T", "lstm", B, 200, 32, "rtrl", layers=2))
             P.append(Point("T", "lstm", B, 400, 32, "rtrl", layers=2))
             P.append(Point("T", "lstm", B, 200, 32, "bptt", layers=2))
@@ -169,6 +183,8 @@ class MemorySuite(Suite):
             pts = _for_backend(b, preset, device)
             for p in pts:
                 settings = {"sweep": p.sweep, "algorithm": p.algorithm, "truncation": p.truncation, "impl": p.impl}
+                if p.pair_hidden and b == "numpy":
+                    settings["pair_hidden"] = p.pair_hidden
                 out.append(Case(suite=self.name, name=p.name, backend=b, device=device, cell=p.cell,
                                 layers=p.layers, batch=p.batch, seq_len=p.seq_len, input_size=p.hidden,
                                 hidden_size=p.hidden, dtype="float64", settings=settings))
@@ -201,23 +217,17 @@ class MemorySuite(Suite):
         from harness.timing import Timer
         spec = case.spec()
         alg, k, impl = common["algorithm"], common["truncation"], common["impl"]
-        T, B = case.seq_len, case.batch
-        rng = np.random.default_rng(ctx.seed + 1)
+        B = case.batch
         from harness.params import init_params
         params = init_params(spec, seed=ctx.seed, dtype=case.dtype)
-        steps = T
-        if alg == "rtrl":
-            # The per-step cost does not depend on T: time a fixed number of steps, enough that the set-up
-            # (allocating and zeroing M) is a small part of the call.
-            steps = 16 if spec.hidden_size <= 32 else (8 if spec.hidden_size <= 64 else 4)
-        x = rng.standard_normal((steps, B, spec.input_size)).astype(case.dtype)
-        dy = rng.standard_normal((steps, B, spec.hidden_size)).astype(case.dtype)
+        steps = _timed_steps(spec, alg, case.seq_len)
+        x, dy = _inputs(spec, B, steps, case.dtype, ctx.seed)
+        if case.backend == "numpy" and alg == "rtrl":
+            yield from self._rtrl_timing(case, ctx, common, spec, params, x, dy)
+            return
         try:
             be = _backend(case.backend, case.device, ctx.threads)
-            if case.backend == "numpy" and alg == "rtrl":
-                from implementations import numpy_rtrl
-                fn = lambda: numpy_rtrl.rtrl_grads(spec, params, x, None, dy, None)  # noqa: E731
-            elif case.backend == "numpy" and impl == "chunked":
+            if case.backend == "numpy" and impl == "chunked":
                 from implementations import numpy_rtrl
                 fn = lambda: numpy_rtrl.tbptt_chunked_vjp(spec, params, x, None, dy, None, k)  # noqa: E731
             elif alg == "bptt":
@@ -233,15 +243,54 @@ class MemorySuite(Suite):
         per = [v / steps * 1e6 for v in m.samples]
         yield case.row("time_per_step_us", m.median / steps * 1e6, "us", samples=per, timed_steps=steps,
                        compile_s=m.compile_s, **common)
-        if case.backend == "numpy" and alg == "rtrl":
-            from implementations import numpy_rtrl
-            ceil = _gemm_ceiling(case.dtype, ctx)
-            achieved = numpy_rtrl.rtrl_flops_per_step(spec, B) / (m.median / steps) / 1e9
-            yield case.row("rtrl_gemm_efficiency", achieved / ceil if ceil else None, "ratio",
-                           achieved_gflops=achieved, ceiling_gflops=ceil, ceiling="numpy square GEMM 1024x1024x1024, timed right after",
-                           **common)
         if alg == "tbptt" and impl == "chunked":
             yield from self._tbptt_bias(case, spec, params, ctx, common)
+
+    def _rtrl_timing(self, case: Case, ctx: RunContext, common: dict, spec, params, x, dy
+                     ) -> Iterator[Dict[str, Any]]:
+        """NumPy RTRL: time per step, GEMM efficiency and (largest H) the side-by-side H slope.
+
+        Everything a ratio is taken of is timed in alternation in this one process — the RTRL call, the
+        1024³ GEMM ceiling and, with ``pair_hidden``, the RTRL call at the next smaller H — round by round
+        (order rotating), and each ratio is formed inside its round. A shared machine's speed drifts by
+        20 % and more between cases; ratios of samples taken seconds apart do not see that drift.
+        """
+        from implementations import numpy_rtrl
+        B, steps = case.batch, x.shape[0]
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((1024, 1024)).astype(case.dtype)
+        out = np.empty_like(a)
+        fns = {"rtrl": lambda: numpy_rtrl.rtrl_grads(spec, params, x, None, dy, None),
+               "gemm": lambda: np.matmul(a, a, out=out)}
+        small = case.settings.get("pair_hidden")
+        if small:
+            from harness.params import init_params
+            from harness.spec import CellSpec
+            s_spec = CellSpec(cell=spec.cell, input_size=int(small), hidden_size=int(small),
+                              num_layers=spec.num_layers)
+            s_params = init_params(s_spec, seed=ctx.seed, dtype=case.dtype)
+            s_steps = _timed_steps(s_spec, "rtrl", case.seq_len)
+            sx, sdy = _inputs(s_spec, B, s_steps, case.dtype, ctx.seed)
+            fns["small"] = lambda: numpy_rtrl.rtrl_grads(s_spec, s_params, sx, None, sdy, None)
+        t = _alternating(fns, RTRL_SAMPLES, max_rounds=RTRL_MAX_SAMPLES, budget_s=RTRL_BUDGET_S)
+        compile_s = t.pop("_first")["rtrl"]
+        per = [v / steps * 1e6 for v in t["rtrl"]]
+        yield case.row("time_per_step_us", float(np.median(per)), "us", samples=per, timed_steps=steps,
+                       compile_s=compile_s, **common)
+        flops = numpy_rtrl.rtrl_flops_per_step(spec, B)
+        ach = [flops / (v / steps) / 1e9 for v in t["rtrl"]]
+        ceil = [2 * 1024 ** 3 / v / 1e9 for v in t["gemm"]]
+        eff = [u / c for u, c in zip(ach, ceil)]
+        yield case.row("rtrl_gemm_efficiency", float(np.median(eff)), "ratio", samples=eff,
+                       achieved_gflops=float(np.median(ach)), ceiling_gflops=float(np.median(ceil)),
+                       ceiling="numpy square GEMM 1024x1024x1024, same dtype and BLAS threads, timed in "
+                               "alternation with the RTRL samples (efficiency per round, median)", **common)
+        if small:
+            H, h = spec.hidden_size, int(small)
+            ex = [math.log((vb / steps) / (vs / s_steps)) / math.log(H / h) for vb, vs in zip(t["rtrl"], t["small"])]
+            yield case.row("time_exponent_pair", float(np.median(ex)), "exponent", samples=ex, fit_range=[h, H],
+                           pair_hidden=h, method="side by side: both H timed in alternation in one process",
+                           **common)
 
     def _tbptt_bias(self, case, spec, params, ctx, common) -> Iterator[Dict[str, Any]]:
         """How far tbptt(k)'s parameter gradient is from BPTT's (one full-length computation, float64)."""
@@ -290,7 +339,7 @@ def derive(rows: List[dict], case: Case) -> Iterator[Dict[str, Any]]:
     groups: Dict[Tuple, Dict[str, List[dict]]] = {}
     for r in rows:
         sweep = (r.get("extra") or {}).get("sweep")
-        if r["metric"] in ("peak_bytes", "time_per_step_us") and sweep in ("T", "H"):
+        if r["metric"] in ("peak_bytes", "time_per_step_us", "time_exponent_pair") and sweep in ("T", "H"):
             groups.setdefault(_key(r) + (sweep,), {}).setdefault(r["metric"], []).append(r)
 
     def out(key, metric, value, unit, hidden_size=None, seq_len=None, **extra):
@@ -322,11 +371,20 @@ def derive(rows: List[dict], case: Case) -> Iterator[Dict[str, Any]]:
                           seq_len=T0)
             T0t = min(r["seq_len"] for r in tim) if tim else None
             pts = sorted((r["hidden_size"], r["value"]) for r in tim if r["seq_len"] == T0t and r["hidden_size"] >= 32)
+            pair = max(by.get("time_exponent_pair", []), key=lambda r: r["hidden_size"], default=None)
             if len(pts) >= 2:
                 e_last = _fit([p[0] for p in pts[-2:]], [p[1] for p in pts[-2:]])
-                yield out(key, "exponent_time_H", e_last, "exponent", fit_range=[pts[-2][0], pts[-1][0]],
-                          n_points=2, exponent_all=_fit([p[0] for p in pts], [p[1] for p in pts]),
-                          all_range=[pts[0][0], pts[-1][0]])
+                common = dict(exponent_all=_fit([p[0] for p in pts], [p[1] for p in pts]),
+                              all_range=[pts[0][0], pts[-1][0]])
+                if pair is not None and pair.get("value") is not None and pair["hidden_size"] == pts[-1][0]:
+                    # the side-by-side slope (both H timed in alternation) is the one the drift of a shared
+                    # machine cannot bend; the slope between the two separate cases is kept beside it
+                    yield out(key, "exponent_time_H", pair["value"], "exponent",
+                              fit_range=pair["extra"].get("fit_range"), n_points=2, method="side by side",
+                              exponent_separate=e_last, **common)
+                else:
+                    yield out(key, "exponent_time_H", e_last, "exponent", fit_range=[pts[-2][0], pts[-1][0]],
+                              n_points=2, method="separate cases", **common)
     # Crossover T* per (backend family, cell, batch, H): BPTT line vs RTRL level (same backend family).
     bptt: Dict[Tuple, List[Tuple[int, float, float]]] = {}
     rtrl: Dict[Tuple, dict] = {}
@@ -379,15 +437,50 @@ def _backend(name: str, device: str, threads: Optional[int]):
     return _BACKENDS[key]
 
 
-def _gemm_ceiling(dtype: str, ctx: RunContext) -> Optional[float]:
-    """GFLOP/s of a 1024³ NumPy GEMM (same dtype, same BLAS threads), timed now — right after the RTRL timing
-    it normalises: on a shared machine the ceiling of a minute ago is not the one that applies."""
-    from harness.timing import Timer
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((1024, 1024)).astype(dtype)
-    out = np.empty_like(a)
-    m = Timer(lambda: np.matmul(a, a, out=out), min_runs=5, budget_s=0.5).run()
-    return 2 * 1024 ** 3 / m.median / 1e9
+def _timed_steps(spec, alg: str, seq_len: int) -> int:
+    """Steps one timed call runs: the whole sequence, except RTRL, whose per-step cost does not depend on T
+    (a fixed number of steps, enough that the set-up — allocating and zeroing M — is a small part)."""
+    if alg != "rtrl":
+        return seq_len
+    H = spec.hidden_size
+    return 16 if H <= 32 else (8 if H <= 64 else (4 if H <= 128 else 2))
+
+
+def _inputs(spec, batch: int, steps: int, dtype: str, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """x ``(steps, B, I)`` and dy ``(steps, B, H)`` of a timing, seeded."""
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((steps, batch, spec.input_size)).astype(dtype)
+    dy = rng.standard_normal((steps, batch, spec.hidden_size)).astype(dtype)
+    return x, dy
+
+
+def _alternating(fns: Dict[str, Any], rounds: int, max_rounds: Optional[int] = None,
+                 budget_s: float = 0.0) -> Dict[str, Any]:
+    """Seconds per call of each callable, timed round by round in rotating order (one warm-up call each).
+
+    At least ``rounds`` rounds; more, up to ``max_rounds``, while the rounds so far took less than
+    ``budget_s`` (cheap points get more rounds: a shared machine's speed swings by 2x within seconds).
+    Returns ``{name: [seconds per round]}`` plus ``"_first"``: the warm-up call's time per name.
+    """
+    import time
+    names = list(fns)
+    out: Dict[str, Any] = {n: [] for n in names}
+    first = {}
+    for n in names:
+        t0 = time.perf_counter()
+        fns[n]()
+        first[n] = time.perf_counter() - t0
+    start = time.perf_counter()
+    r = 0
+    while r < rounds or (r < (max_rounds or rounds) and time.perf_counter() - start < budget_s):
+        k = r % len(names)
+        r += 1
+        for n in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            fns[n]()
+            out[n].append(time.perf_counter() - t0)
+    out["_first"] = first
+    return out
 
 
 SUITE = MemorySuite()

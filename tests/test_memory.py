@@ -108,6 +108,15 @@ def test_suite_cases_and_derive(tmp_path):
     assert d[("exponent_mem_H", "rtrl", None)]["value"] == pytest.approx(3.0)
     assert d[("exponent_time_H", "rtrl", None)]["value"] == pytest.approx(4.0)
     assert d[("exponent_time_H", "bptt", None)]["value"] == pytest.approx(2.0)
+    assert d[("exponent_time_H", "rtrl", None)]["extra"]["method"] == "separate cases"
+    # A side-by-side slope measured in the largest-H case replaces the slope between the separate cases.
+    pc = Case("memory", "x-H-rtrl-10-128", "numpy", "cpu", "rnn_tanh", 1, 1, 10, 128, 128, "float64",
+              settings={"sweep": "H", "algorithm": "rtrl", "truncation": None, "impl": "backend"})
+    d2 = {(r["metric"], r["extra"]["algorithm"]): r for r in derive(
+        rows + [pc.row("time_exponent_pair", 3.7, "exponent", fit_range=[64, 128])], case)}
+    e = d2[("exponent_time_H", "rtrl")]
+    assert e["value"] == 3.7 and e["extra"]["method"] == "side by side"
+    assert e["extra"]["exponent_separate"] == pytest.approx(4.0) and e["extra"]["fit_range"] == [64, 128]
     x = d[("crossover_T", "bptt_vs_rtrl", 64)]
     assert x["value"] == pytest.approx(64.0 ** 3 / (100 * 64))  # R / (bytes per step)
     # The summary case reads the rows back from the run directory.
@@ -150,3 +159,26 @@ def test_report_section(tmp_path):
     for name in ("memory_vs_T.png", "memory_vs_H.png", "time_vs_H.png", "memory_crossover_T.png"):
         assert os.path.getsize(tmp_path / "figures" / name) > 1000, name
     assert "meets" in md  # RTRL's synthetic H³ memory meets its target
+
+
+def test_rtrl_timing_pairs_the_largest_h_and_the_ceiling_in_one_process():
+    """The largest-H RTRL case of an H sweep times the next smaller H beside it; every RTRL case times the
+    GEMM ceiling in alternation. Real (tiny) measurements: the rows exist, are finite and consistent."""
+    from suites import memory as mem
+    from suites.base import RunContext
+    SUITE = mem.SUITE
+    big = [c for c in SUITE.cases("smoke", ["numpy"], "cpu") if c.settings.get("pair_hidden")]
+    assert [(c.hidden_size, c.settings["pair_hidden"]) for c in big] == [(16, 8)]
+    quick = {c.cell: c.settings["pair_hidden"] for c in SUITE.cases("quick", ["numpy"], "cpu")
+             if c.settings.get("pair_hidden") and c.batch == 1}
+    assert quick == {"rnn_tanh": 128, "lstm": 128, "gru": 128}
+    out = {r["metric"]: r for r in SUITE._timing(big[0], RunContext(seed=0), {
+        "algorithm": "rtrl", "truncation": None, "impl": "backend", "sweep": "H"})}
+    assert set(out) == {"time_per_step_us", "rtrl_gemm_efficiency", "time_exponent_pair"}
+    pair = out["time_exponent_pair"]
+    assert mem.RTRL_SAMPLES <= len(pair["samples"]) <= mem.RTRL_MAX_SAMPLES and np.isfinite(pair["value"])
+    assert pair["extra"]["fit_range"] == [8, 16]
+    eff = out["rtrl_gemm_efficiency"]
+    assert 0 < eff["value"] < 5 and eff["extra"]["ceiling_gflops"] > 0
+    assert mem._timed_steps(CellSpec(cell="lstm", input_size=4, hidden_size=256), "rtrl", 10) == 2
+    assert mem._timed_steps(CellSpec(cell="lstm", input_size=4, hidden_size=256), "bptt", 10) == 10
