@@ -455,11 +455,14 @@ def _inputs(spec, batch: int, steps: int, dtype: str, seed: int) -> Tuple[np.nda
 
 
 def _alternating(fns: Dict[str, Any], rounds: int, max_rounds: Optional[int] = None,
-                 budget_s: float = 0.0) -> Dict[str, Any]:
+                 budget_s: float = 0.0, rewarm_below_s: float = 2.0) -> Dict[str, Any]:
     """Seconds per call of each callable, timed round by round in rotating order (one warm-up call each).
 
     At least ``rounds`` rounds; more, up to ``max_rounds``, while the rounds so far took less than
     ``budget_s`` (cheap points get more rounds: a shared machine's speed swings by 2x within seconds).
+    A callable whose warm-up took under ``rewarm_below_s`` gets an untimed call right before each timed
+    one: a switch costs something — after a 2-thread OpenBLAS GEMM its threads spin on for a while, and
+    RTRL timed right after it measured 1.5x slower (157 vs 104 ms, rnn_tanh H=128) than after itself.
     Returns ``{name: [seconds per round]}`` plus ``"_first"``: the warm-up call's time per name.
     """
     import time
@@ -476,6 +479,8 @@ def _alternating(fns: Dict[str, Any], rounds: int, max_rounds: Optional[int] = N
         k = r % len(names)
         r += 1
         for n in names[k:] + names[:k]:
+            if first[n] < rewarm_below_s:
+                fns[n]()
             t0 = time.perf_counter()
             fns[n]()
             out[n].append(time.perf_counter() - t0)
