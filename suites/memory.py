@@ -37,7 +37,7 @@ Every derived row carries ``fit_range``, ``n_points`` and the ``target`` interva
 
 Presets (float64 throughout: RTRL is the exact-gradient reference):
 ``smoke`` seconds — rnn_tanh, H ≤ 16, three lengths. ``quick`` a few minutes on 2 cores — rnn_tanh full
-sweeps (T 200..1600 at H=16, B=8; H 16..256 at B=1, 16..64 at B=8), LSTM and GRU T sweeps (H=16, B=8) and
+sweeps (T 200..1600 at H=16, B=8; H 16..256 at B=1 and B=8), LSTM and GRU T sweeps (H=16, B=8) and
 H sweeps 16..256 at B=1, torch and JAX on the rnn_tanh T sweep at T = 200, 400. ``full`` — longer T (to 3200),
 H to 256 at batch 1, batch 1 and 8, every backend, and the GPU (``--device cuda``: torch and JAX only; NumPy is CPU-only).
 """
@@ -122,7 +122,7 @@ def _points(preset: str) -> List[Point]:
         # and 128->192 3.4-3.8 (one 1.5x step is also fragile to a shared machine's drift); 128->256 is a
         # factor 2 like the rest of the sweep.
         h_sweep("rnn_tanh", (16, 32, 64, 128, 256), 1, (10, 40))
-        h_sweep("rnn_tanh", (16, 32, 64), 8, (10, 40))
+        h_sweep("rnn_tanh", (16, 32, 64, 128, 256), 8, (10, 40))
         for cell in ("lstm", "gru"):
             h_sweep(cell, (16, 32, 64, 128, 256), 1, (10, 40))
     else:
