@@ -38,8 +38,8 @@ Every derived row carries ``fit_range``, ``n_points`` and the ``target`` interva
 Presets (float64 throughout: RTRL is the exact-gradient reference):
 ``smoke`` seconds — rnn_tanh, H ≤ 16, three lengths. ``quick`` a few minutes on 2 cores — rnn_tanh full
 sweeps (T 200..1600 at H=16, B=8; H 16..256 at B=1 and B=8), LSTM and GRU T sweeps (H=16, B=8) and
-H sweeps 16..256 at B=1, torch and JAX on the rnn_tanh T sweep at T = 200, 400. ``full`` — longer T (to 3200),
-H to 256 at batch 1, batch 1 and 8, every backend, and the GPU (``--device cuda``: torch and JAX only; NumPy is CPU-only).
+H sweeps 16..256 at B=1; torch and JAX: a BPTT T sweep 200..800 at H=64, B=8 (and RTRL at one point).
+``full`` — longer T (to 3200), H to 256 at batch 1, batch 1 and 8, every backend, and the GPU (``--device cuda``: torch and JAX only; NumPy is CPU-only).
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ BUDGET_S = {"smoke": 0.05, "quick": 0.15, "full": 1.0}
 TARGETS = {("exponent_mem_T", "bptt"): (0.9, 1.1), ("exponent_mem_T", "rtrl"): (-0.1, 0.1),
            ("exponent_mem_H", "rtrl"): (2.7, 3.3), ("exponent_time_H", "rtrl"): (3.5, None),
            ("exponent_mem_T", "tbptt"): (None, None)}
+FRAMEWORK_T = (200, 400, 800)  # quick preset: the T sweep of torch/JAX (rnn_tanh, H=64, B=8)
 RTRL_SAMPLES = 5       # fewest timed rounds of every NumPy RTRL point (see MemorySuite._rtrl_timing)
 RTRL_MAX_SAMPLES = 25  # most rounds: cheap points take more while within RTRL_BUDGET_S
 RTRL_BUDGET_S = 3.0
@@ -146,17 +147,19 @@ def _for_backend(backend: str, preset: str, device: str) -> List[Point]:
     if preset == "smoke" or backend in SKIPPED:
         return []  # smoke: NumPy only (a fresh JAX/torch process costs seconds per point)
     offered = OFFERED.get(backend, ("bptt",))
+    if preset == "quick":
+        # quick: other frameworks get a BPTT T sweep of their own at H=64, B=8 — on NumPy's H=16 points their
+        # peaks are 2-5 MB, where the allocator's granularity bends the slope (torch's high-water mark gave
+        # 1.19 from T=200 to 400 there; 1.04 at H=64) — and RTRL, where offered, at one short point (JAX's
+        # forward mode costs one tangent per parameter: minutes beyond H=16, T=200)
+        out = [Point("T", "rnn_tanh", 8, T, 64, "bptt") for T in FRAMEWORK_T]
+        if "rtrl" in offered:
+            out.append(Point("T", "rnn_tanh", 8, 200, 16, "rtrl"))
+        return out
     out = []
     for p in pts:
         if p.algorithm not in offered or p.impl == "chunked":
             continue
-        if preset == "quick":
-            # quick: other frameworks on the rnn_tanh T sweep at T = 200 and 400 (a slope needs two points;
-            # a fresh torch/JAX process per point, and torch-cell's Python step loop, cost seconds each)
-            if p.cell != "rnn_tanh" or p.sweep != "T" or p.seq_len not in (200, 400):
-                continue
-            if p.algorithm == "rtrl" and p.seq_len > 200:
-                continue  # JAX forward mode on T=1600 compiles and runs for minutes: full preset only
         out.append(p)
     return out
 
