@@ -170,7 +170,10 @@ def test_ctrl_c_stops_cleanly_keeps_rows_and_says_how_to_resume(tmp_path):
     out = str(tmp_path / "run")
     args = [sys.executable, "-m", "harness", "run", fb.SUITE_REF, "--preset", "quick", "--backend", fb.FAKE,
             "--out", out, "--no-progress"]
-    proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job (CI scripts, `cmd &`) inherits SIGINT *ignored*, and Python then keeps ignoring
+    # it: the child gets the default disposition back, as a terminal's Ctrl-C would find it.
+    proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for_lines(proc, 1)
         proc.send_signal(signal.SIGINT)
