@@ -91,24 +91,28 @@ def _add_compare(sub) -> None:
 
 
 def _add_gate(sub) -> None:
+    from harness import gate as g  # standard library only: cheap, and the defaults are written once
     p = sub.add_parser("gate", help="CI performance gate: this tree against another revision",
-                       description="Check out REV in a git worktree, run the gate cases from both trees "
-                                   "interleaved, and fail (exit 1) only on a significant, confirmed slowdown.")
+                       description="Check out REV in a git worktree; each of --rounds fresh processes loads "
+                                   "both trees and times their gate cases in adjacent pairs (A B B A ...); fail "
+                                   "(exit 1) only on a significant slowdown beyond --threshold that a re-run "
+                                   "confirms, or on an equivalence error past its tolerance.")
     p.add_argument("--base", metavar="REV", help="revision to compare against (default: merge-base with main, "
                                                  "else HEAD~1)")
     p.add_argument("--backend", action="append", metavar="B", help="backend(s) to gate (default: numpy); "
                                                                     "module:Class for a plug-in")
-    p.add_argument("--threshold", type=float, default=None, metavar="R", help="slowdown ratio that fails")
+    p.add_argument("--threshold", type=float, default=None, metavar="R",
+                   help=f"head/base time ratio beyond which a significant slowdown fails (default: {g.DEFAULT_THRESHOLD:g})")
     p.add_argument("--markdown", metavar="FILE", help="write the summary as Markdown")
     p.add_argument("--repo", metavar="DIR", default=".", help="repository to gate (default: .)")
     p.add_argument("--alpha", type=float, default=None, metavar="P",
-                   help="significance level of the one-sided Wilcoxon signed-rank test over processes (default: 0.01)")
+                   help=f"significance level of the one-sided Wilcoxon signed-rank test over processes (default: {g.DEFAULT_ALPHA:g})")
     p.add_argument("--rounds", type=int, default=None, metavar="N",
                    help="worker processes, each loading both trees and timing them in adjacent pairs "
-                        "(default: set from the measured trials)")
+                        f"(default: {g.DEFAULT_ROUNDS}, set from the measured trials)")
     p.add_argument("--samples", type=int, default=None, metavar="N",
                    help="timed pairs (one sample of each tree) per case and mode in each process "
-                        "(default: set from the trials)")
+                        f"(default: {g.DEFAULT_SAMPLES}, set from the trials)")
     p.add_argument("--case", action="append", metavar="TEXT",
                    help="only gate cases whose name contains TEXT (repeatable; default: every smoke case)")
     p.add_argument("--preset", default=None, metavar="NAME", help="preset the gate cases come from (default: smoke)")
