@@ -189,9 +189,9 @@ def _activate(tree: str, mods: Dict[str, Any], other: Optional[Tuple[str, Dict[s
     importlib.invalidate_caches()
 
 
-def _load_side(tree: str, payload: Dict[str, Any]) -> Dict[str, Any]:
-    """Import one tree's suite and backend, build its data, prepare its callables; the side's report."""
-    side: Dict[str, Any] = {"fns": {}, "numbers": {}, "checks": [], "errors": [], "modules": {}}
+def _load_side(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """Import the active tree's suite and backend, build its data, prepare its callables; the side's report."""
+    side: Dict[str, Any] = {"fns": {}, "checks": [], "errors": [], "modules": {}}
     try:
         from suites.base import get_suite
         suite = get_suite(payload["suite"])
@@ -272,7 +272,7 @@ def _worker(payload: Dict[str, Any]) -> Dict[str, Any]:
     prev: Optional[str] = None
     for k in payload["order"]:
         _activate(trees[k], {}, None if prev is None else (trees[prev], mods[prev]))
-        sides[k] = _load_side(trees[k], payload)
+        sides[k] = _load_side(payload)
         mods[k] = _tree_modules(trees[k])
         out["modules"][k] = sides[k]["modules"]
         out["checks"] += [{**c, "side": k} for c in sides[k]["checks"]]

@@ -39,7 +39,8 @@ Presets (float64 throughout: RTRL is the exact-gradient reference):
 ``smoke`` seconds — rnn_tanh, H ≤ 16, three lengths. ``quick`` a few minutes on 2 cores — rnn_tanh full
 sweeps (T 200..1600 at H=16, B=8; H 16..256 at B=1 and B=8), LSTM and GRU T sweeps (H=16, B=8) and
 H sweeps 16..256 at B=1; torch and JAX: a BPTT T sweep 200..800 at H=64, B=8 (and RTRL at one point).
-``full`` — longer T (to 3200), H to 256 at batch 1, batch 1 and 8, every backend, and the GPU (``--device cuda``: torch and JAX only; NumPy is CPU-only).
+``full`` — T to 3200 and H to 256 at B=1 (to 128 or 64 at B=8), every backend, and the GPU
+(``--device cuda``: torch and JAX only; NumPy is CPU-only).
 """
 from __future__ import annotations
 
@@ -117,11 +118,10 @@ def _points(preset: str) -> List[Point]:
         t_sweep("rnn_tanh", 16, 8, (200, 400, 800, 1600), 50, rtrl_max_T=800)
         for cell in ("lstm", "gru"):
             t_sweep(cell, 16, 8, (200, 800, 1600), 50, rtrl_max_T=800)
-        # B = 1 up to H = 256: RTRL's time per step only approaches its H^4 law once the J·M GEMMs (inner
-        # dimension H) run near the BLAS's full rate. Measured on 2 cores, fraction of the GEMM ceiling at
-        # H = 64 / 128 / 192: 0.35-0.41 / 0.55-0.69 / 0.72-0.76, so the local slope 64->128 is only 3.0-3.4
-        # and 128->192 3.4-3.8 (one 1.5x step is also fragile to a shared machine's drift); 128->256 is a
-        # factor 2 like the rest of the sweep.
+        # H up to 256: RTRL's time per step only approaches its H^4 law once the J·M GEMMs (inner dimension H)
+        # run near the BLAS's full rate. Reference run, 2 cores, fraction of the GEMM ceiling at H = 64 / 128 /
+        # 256: 0.25-0.53 / 0.59-0.71 / 0.70-0.82, so the slope from 64 to 128 (3.0-3.4) is not yet H^4's;
+        # from 128 to 256 it is 3.6-3.9.
         h_sweep("rnn_tanh", (16, 32, 64, 128, 256), 1, (10, 40))
         h_sweep("rnn_tanh", (16, 32, 64, 128, 256), 8, (10, 40))
         for cell in ("lstm", "gru"):
@@ -267,10 +267,9 @@ class MemorySuite(Suite):
                "gemm": lambda: np.matmul(a, a, out=out)}
         small = case.settings.get("pair_hidden")
         if small:
+            import dataclasses
             from harness.params import init_params
-            from harness.spec import CellSpec
-            s_spec = CellSpec(cell=spec.cell, input_size=int(small), hidden_size=int(small),
-                              num_layers=spec.num_layers)
+            s_spec = dataclasses.replace(spec, input_size=int(small), hidden_size=int(small))  # I = H, as the sweep
             s_params = init_params(s_spec, seed=ctx.seed, dtype=case.dtype)
             s_steps = _timed_steps(s_spec, "rtrl", case.seq_len)
             sx, sdy = _inputs(s_spec, B, s_steps, case.dtype, ctx.seed)
