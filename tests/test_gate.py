@@ -221,3 +221,43 @@ def test_tree_modules_leave_out_an_environment_inside_the_tree(tmp_path, monkeyp
     got = gate._tree_modules(os.path.realpath(str(tree)))
     assert "gate_test_own" in got and "gate_test_installed" not in got and "gate_test_other" not in got
     assert not [n for n in got if n.startswith("numpy")]
+
+
+def test_activate_swaps_trees_so_lazy_imports_resolve_to_their_own(tmp_path, monkeypatch):
+    """Two trees provide the same module name; after loading both, activating one makes a lazy import
+    (as code inside a timed call might do) return that tree's module, not the other's."""
+    import importlib
+    import sys
+    name = "gate_test_lazy_mod"
+    trees = {}
+    for k, v in (("A", 1), ("B", 2)):
+        d = tmp_path / k
+        d.mkdir()
+        (d / f"{name}.py").write_text(f"VALUE = {v}\n")
+        trees[k] = os.path.realpath(str(d))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setitem(sys.modules, name, None)  # recorded as absent: removed again when the test ends
+    del sys.modules[name]
+    mods = {}
+    gate._activate(trees["A"], {}, None)
+    assert importlib.import_module(name).VALUE == 1
+    mods["A"] = gate._tree_modules(trees["A"])
+    gate._activate(trees["B"], {}, (trees["A"], mods["A"]))
+    assert importlib.import_module(name).VALUE == 2
+    mods["B"] = gate._tree_modules(trees["B"])
+    assert set(mods["A"]) == set(mods["B"]) == {name}
+    gate._activate(trees["A"], mods["A"], (trees["B"], mods["B"]))
+    assert importlib.import_module(name).VALUE == 1 and trees["B"] not in sys.path
+    gate._activate(trees["B"], mods["B"], (trees["A"], mods["A"]))
+    assert importlib.import_module(name).VALUE == 2 and sys.path[0] == trees["B"]
+
+
+def test_signed_rank_and_median_ci():
+    from harness.compare import bootstrap_median_ci, signed_rank_p
+    assert signed_rank_p([0.1] * 8) < 0.01          # all eight above 0: p = 1/256
+    assert signed_rank_p([-0.1] * 8) > 0.99
+    assert signed_rank_p([0.1, -0.1] * 5) > 0.3
+    assert math.isnan(signed_rank_p([0.0, 0.0, 0.1]))  # zeros carry no evidence; one value is too few
+    lo, hi = bootstrap_median_ci(np.linspace(0.0, 1.0, 41))
+    assert lo < 0.5 < hi and hi - lo < 0.5
+    assert bootstrap_median_ci([0.3, 0.3, 0.3]) == (0.3, 0.3)

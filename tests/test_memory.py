@@ -182,3 +182,29 @@ def test_rtrl_timing_pairs_the_largest_h_and_the_ceiling_in_one_process():
     assert 0 < eff["value"] < 5 and eff["extra"]["ceiling_gflops"] > 0
     assert mem._timed_steps(CellSpec(cell="lstm", input_size=4, hidden_size=256), "rtrl", 10) == 2
     assert mem._timed_steps(CellSpec(cell="lstm", input_size=4, hidden_size=256), "bptt", 10) == 10
+
+
+def test_alternating_rotates_rewarms_and_stops_on_its_budget():
+    from suites.memory import _alternating
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    t = _alternating(fns, 3, max_rounds=3, budget_s=0.0)
+    assert set(t) == {"a", "b", "_first"} and len(t["a"]) == len(t["b"]) == 3
+    # warm-up a b; then each timed call follows an untimed one of itself, the round's order rotating
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"] + ["a", "a", "b", "b"]
+    calls.clear()
+    _alternating(fns, 2, max_rounds=2, rewarm_below_s=0.0)  # expensive callables: no re-warm call
+    assert calls == ["a", "b", "a", "b", "b", "a"]
+    # more rounds while within the budget, never more than max_rounds
+    assert len(_alternating(fns, 2, max_rounds=7, budget_s=60.0)["a"]) == 7
+
+
+def test_quick_preset_gives_frameworks_their_own_t_sweep():
+    from suites.memory import FRAMEWORK_T, SUITE
+    for b in ("torch", "torch-cell", "jax"):
+        cs = [c for c in SUITE.cases("quick", [b], "cpu") if c.settings.get("algorithm") == "bptt"]
+        assert sorted(c.seq_len for c in cs) == list(FRAMEWORK_T)
+        assert {(c.cell, c.hidden_size, c.batch) for c in cs} == {("rnn_tanh", 64, 8)}
+    rt = [c for c in SUITE.cases("quick", ["jax"], "cpu") if c.settings.get("algorithm") == "rtrl"]
+    assert [(c.seq_len, c.hidden_size) for c in rt] == [(200, 16)]
+    assert not [c for c in SUITE.cases("quick", ["torch"], "cpu") if c.settings.get("pair_hidden")]

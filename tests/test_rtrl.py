@@ -140,3 +140,23 @@ def test_rtrl_chunk_workers(cell):
                                    chunk=7, threads=3)
     assert rel_err(pg.flat(), ref.params.flat()) <= 1e-10
     assert rel_err(ds, ref.dstate) <= 1e-10
+
+
+def test_rtrl_default_workers_follow_the_blas_threads(monkeypatch):
+    """By default RTRL runs as many chunk workers as the BLAS had threads (capped by the usable cores), and
+    limits the BLAS itself to one thread meanwhile; with a 1-thread BLAS it stays serial."""
+    import os
+    spec = CellSpec("rnn_tanh", 4, 5, 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    monkeypatch.setattr(numpy_rtrl, "_blas_threads", lambda: 1)
+    assert numpy_rtrl._workers(spec, 2, 128, None) == (1, None)
+    assert numpy_rtrl._workers(spec, 2, 128, 3)[0] == min(3, cores)  # explicit threads win
+    if numpy_rtrl._tpc is None:
+        pytest.skip("threadpoolctl is not installed: no BLAS limiter to check")
+    monkeypatch.setattr(numpy_rtrl, "_blas_threads", lambda: 64)
+    n, limiter = numpy_rtrl._workers(spec, 2, 128, None)
+    try:
+        assert n == cores and limiter is not None
+    finally:
+        if limiter is not None:
+            limiter.unregister()
