@@ -1,6 +1,6 @@
 """``python -m harness`` is the ``rnnbench`` command."""
 import sys
 
-from harness.cli import main
+from harness.cli.main import main
 
 sys.exit(main())

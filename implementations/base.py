@@ -4,6 +4,16 @@ A backend subclasses :class:`BackendBase` and implements the ``_forward``/``_vjp
 (and optionally ``_ctc``) hooks on validated NumPy inputs. The public methods check every argument
 first, so every backend rejects bad input with the same message before computing anything.
 
+What a backend can do is *declared* (class attributes) and *asked* (:meth:`BackendBase.supports` and the
+optional hooks), never inferred from its name: ``cells``, ``dtypes``, ``algorithms``, ``devices``,
+``max_layers``; ``framework`` (whose GEMM ceilings apply); ``reference`` (the one others are checked
+against); ``sweep`` (``anchors``: a variant timed on a preset's anchor shapes only); :meth:`measured_as`
+(measurements that do not depend on this variant are taken under another backend); the hooks
+:meth:`peak_memory` (a fresh-process memory probe, with a generic default for any CPU backend),
+:meth:`gemm` (own GEMM ceilings), ``_ctc``, :meth:`prepare_ctc` and :meth:`ctc_native_report`.
+An unsupported cell, dtype, algorithm or layer count raises :class:`~harness.core.errors.Unsupported`
+with the reason of :meth:`supports`, which every suite records as ``skipped``.
+
 For timing, ``prepare_forward``/``prepare_train`` return zero-argument callables that run one
 forward (no gradient) or one forward+backward on data already converted to the backend's own
 arrays and device, and return only after the device has finished (synchronised). The Timer calls
@@ -16,8 +26,10 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from harness.params import Grads, Params
-from harness.spec import (CellSpec, State, check_hidden_cotangent, check_output_cotangent, check_sequence,
+from harness.core.errors import InputError, InputTypeError, Unsupported
+from harness.core.params import Grads, Params
+from harness.core.system import cpu_count  # noqa: F401 - public name of old
+from harness.core.spec import (CellSpec, State, check_hidden_cotangent, check_output_cotangent, check_sequence,
                           check_state)
 
 ALGORITHMS = ("bptt", "rtrl", "tbptt")
@@ -25,19 +37,19 @@ DEVICES = ("cpu", "cuda")
 
 
 def check_algorithm(algorithm: str, truncation, offered: Tuple[str, ...], backend: str) -> Optional[int]:
-    """Validate ``algorithm``/``truncation``; raise ``NotImplementedError`` if ``backend`` lacks it."""
+    """Validate ``algorithm``/``truncation``; raise :class:`Unsupported` if ``backend`` lacks it."""
     if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm: got {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+        raise InputError(f"algorithm: got {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
     if algorithm == "tbptt":
         if truncation is None or isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)) \
                 or truncation < 1:
-            raise ValueError(f"truncation: got {truncation!r}; algorithm='tbptt' needs an integer k >= 1")
+            raise InputError(f"truncation: got {truncation!r}; algorithm='tbptt' needs an integer k >= 1")
         truncation = int(truncation)
     elif truncation is not None:
-        raise ValueError(f"truncation: got {truncation!r}; only meaningful with algorithm='tbptt'")
+        raise InputError(f"truncation: got {truncation!r}; only meaningful with algorithm='tbptt'")
     if algorithm not in offered:
-        raise NotImplementedError(f"backend {backend!r} does not offer algorithm={algorithm!r} "
-                                  f"(it offers: {', '.join(offered)})")
+        raise Unsupported(f"backend {backend!r} does not offer algorithm={algorithm!r} "
+                          f"(it offers: {', '.join(offered)})")
     return truncation
 
 
@@ -50,25 +62,41 @@ def _state_dtypes(state) -> list:
 
 
 class BackendBase:
-    """Base of every backend. Subclasses set ``family``, ``variant``, ``algorithms`` and the hooks."""
+    """Base of every backend. Subclasses set ``family``, ``variant``, what they support, and the hooks."""
 
+    #: Backends of one family share a framework and a worker process (e.g. ``torch``, ``torch-cell``).
     family: str = "base"
     variant: str = "base"
     algorithms: Tuple[str, ...] = ("bptt",)
     devices: Tuple[str, ...] = ("cpu",)
+    dtypes: Tuple[str, ...] = ("float32", "float64")
+    #: Cells this backend has a kernel for; None: every registered cell (:func:`harness.core.cells.names`).
+    cells: Optional[Tuple[str, ...]] = None
+    #: Most stacked layers it runs (None: any).
+    max_layers: Optional[int] = None
+    #: Whose GEMM ceilings measure this backend's efficiency (``numpy``, ``torch``, ``jax``) unless :meth:`gemm`
+    #: provides its own; a plug-in computing with NumPy keeps the default.
+    framework: Optional[str] = "numpy"
+    #: The reference implementation (the NumPy backend): suites run their full analysis grids on it and
+    #: check every other backend against it.
+    reference: bool = False
+    #: ``full``: every shape of a preset; ``anchors``: only the shapes a preset marks for all variants
+    #: (a variant whose compile time would dominate a full sweep).
+    sweep: str = "full"
 
     def __init__(self, device: str = "cpu", **options) -> None:
         if device not in DEVICES:
-            raise ValueError(f"device: got {device!r}; allowed: {', '.join(DEVICES)}")
+            raise InputError(f"device: got {device!r}; allowed: {', '.join(DEVICES)}")
         if device not in self.devices:
-            raise ValueError(f"device: backend {self.variant!r} runs on {', '.join(self.devices)}; got {device!r}")
+            raise InputError(f"device: backend {self.variant!r} runs on {', '.join(self.devices)}; got {device!r}")
         self.device = device
         self.options = options
 
     # -- identity -----------------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        return self.variant
+        """The name it was asked for in the registry (e.g. an entry point's), else its ``variant``."""
+        return getattr(self, "_registry_name", None) or self.variant
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.variant} on {self.device}>"
@@ -89,18 +117,87 @@ class BackendBase:
         """Which code path runs (e.g. ``cudnn``, ``native``, ``scan``), for the records."""
         return self.variant
 
+    # -- capabilities -------------------------------------------------------------------------------
+    def supported_cells(self) -> Tuple[str, ...]:
+        """The cells this backend runs (its declared ``cells``, or every registered one)."""
+        from harness.core import cells as _cells
+        return tuple(self.cells) if self.cells is not None else _cells.names()
+
+    def supports(self, spec: CellSpec, dtype=None, algorithm: str = "bptt") -> Optional[str]:
+        """None if this backend runs ``spec`` in ``dtype`` with ``algorithm``; else the reason it does not.
+
+        The same sentence is what every suite and the gate record as the ``skipped`` reason.
+        """
+        if spec.cell not in self.supported_cells():
+            return (f"backend {self.name!r} does not support cell {spec.cell!r} "
+                    f"(it supports: {', '.join(self.supported_cells())})")
+        if dtype is not None:
+            name = np.dtype(dtype).name
+            if name not in self.dtypes:
+                return f"backend {self.name!r} does not support dtype {name} (it supports: {', '.join(self.dtypes)})"
+        if self.max_layers is not None and spec.num_layers > self.max_layers:
+            return (f"backend {self.name!r} runs at most {self.max_layers} layer(s); "
+                    f"got num_layers={spec.num_layers}")
+        if algorithm not in self.algorithms:
+            return f"backend {self.name!r} does not offer algorithm={algorithm!r} (it offers: {', '.join(self.algorithms)})"
+        return None
+
+    def check_supported(self, spec: CellSpec, dtype=None, algorithm: str = "bptt") -> None:
+        """Raise :class:`~harness.core.errors.Unsupported` with :meth:`supports`' reason, if there is one."""
+        reason = self.supports(spec, dtype, algorithm)
+        if reason:
+            raise Unsupported(reason)
+
+    def measured_as(self, what: str) -> str:
+        """The backend under whose name measurement ``what`` (``ctc``, ``memory``) of this one is taken.
+
+        A variant whose CTC or memory behaviour is another backend's returns that backend's name; suites then
+        measure it once, there. Default: its own name.
+        """
+        return self.name
+
+    @property
+    def has_ctc(self) -> bool:
+        """Whether this backend implements the ``_ctc`` hook."""
+        return type(self)._ctc is not BackendBase._ctc
+
+    def gemm(self, kind: str, shape: Tuple[int, ...], dtype: str):
+        """Own GEMM ceilings: ``(fn, sync)`` running ``kind`` (``gemm_square``/``input_gemm`` with shape
+        ``(M, K, N)``, ``recurrent`` with ``(T, B, I, H, G·H)``) once, or None to use ``framework``'s."""
+        return None
+
+    def peak_memory(self, spec: CellSpec, params: Params, x: np.ndarray, dy: np.ndarray, d_final_state,
+                    algorithm: str = "bptt", truncation: Optional[int] = None, **options) -> dict:
+        """Peak bytes of one gradient computation, measured in this (fresh) process; called by the memory probe.
+
+        Returns ``{"peak_bytes", "method", "scope"}`` (and optionally ``estimate``, ``reason``, ``seconds``, more
+        ``*_bytes``). The default works for any CPU backend: after a one-step warm-up, the process high-water mark
+        ``VmHWM`` is reset (``/proc/self/clear_refs``) and read after the run, minus ``VmRSS`` before it — every
+        allocator counts, so it is an upper bound of the arrays' peak (``getrusage`` where clear_refs is not
+        writable). ``options`` are suite-specific (e.g. ``impl``) and ignored here.
+        """
+        from harness.core.peaks import vmhwm_peak
+        if self.device != "cpu":
+            raise Unsupported(f"backend {self.name!r} has no peak-memory probe for device {self.device!r}")
+        self.check_supported(spec, x.dtype, algorithm)
+
+        def run(n):
+            return self.vjp(spec, params, x[:n], None, dy[:n], d_final_state, algorithm=algorithm,
+                            truncation=truncation if (truncation is None or truncation <= n) else n)
+        return vmhwm_peak(lambda: run(1), lambda: run(x.shape[0]), scope=f"{self.name}.vjp")
+
     # -- validation ---------------------------------------------------------------------------------
     def _check(self, spec: CellSpec, params: Params, x, state) -> Tuple[np.ndarray, Optional[State]]:
         if not isinstance(spec, CellSpec):
-            raise TypeError(f"spec: got {type(spec).__name__}; expected harness.spec.CellSpec")
+            raise InputTypeError(f"spec: got {type(spec).__name__}; expected harness.core.spec.CellSpec")
         if not isinstance(params, Params):
-            raise TypeError(f"params: got {type(params).__name__}; expected harness.params.Params")
+            raise InputTypeError(f"params: got {type(params).__name__}; expected harness.core.params.Params")
         params.validate(spec)
         x = check_sequence(spec, x)
         state = check_state(spec, state, x.shape[1])
         for what, dt in [("x", x.dtype)] + [("state", d) for d in _state_dtypes(state)]:
             if dt != params.dtype:
-                raise TypeError(f"{what}: dtype {dt} differs from the parameters' {params.dtype}; "
+                raise InputTypeError(f"{what}: dtype {dt} differs from the parameters' {params.dtype}; "
                                 "convert one of them (all arrays of a call share one dtype)")
         return x, state
 
@@ -112,13 +209,14 @@ class BackendBase:
         for what, dt in ([("dy", dy.dtype)] if dy is not None else []) + \
                 [("d_final_state", d) for d in _state_dtypes(d_final_state)]:
             if dt != x.dtype:
-                raise TypeError(f"{what}: dtype {dt} differs from x's {x.dtype}")
+                raise InputTypeError(f"{what}: dtype {dt} differs from x's {x.dtype}")
         return dy, d_final_state
 
     # -- public interface ---------------------------------------------------------------------------
     def forward(self, spec: CellSpec, params: Params, x, state=None) -> Tuple[np.ndarray, State]:
         """Run the network. Returns ``(y (T, B, H), final_state)`` as NumPy arrays."""
         x, state = self._check(spec, params, x, state)
+        self.check_supported(spec, x.dtype)
         return self._forward(spec, params, x, state)
 
     def vjp(self, spec: CellSpec, params: Params, x, state=None, dy=None, d_final_state=None,
@@ -130,6 +228,7 @@ class BackendBase:
         """
         truncation = check_algorithm(algorithm, truncation, self.algorithms, self.variant)
         x, state = self._check(spec, params, x, state)
+        self.check_supported(spec, x.dtype, algorithm)
         dy, d_final_state = self._check_cotangents(spec, x, dy, d_final_state)
         return self._vjp(spec, params, x, state, dy, d_final_state, algorithm, truncation)
 
@@ -140,29 +239,51 @@ class BackendBase:
         (LSTM only), returns ``(dh, dc)``.
         """
         x, _ = self._check(spec, params, x, None)
+        self.check_supported(spec, x.dtype)
         dh_T = check_hidden_cotangent(spec, dh_T, x.shape[1])
         if dh_T.dtype != x.dtype:
-            raise TypeError(f"dh_T: dtype {dh_T.dtype} differs from x's {x.dtype}")
+            raise InputTypeError(f"dh_T: dtype {dh_T.dtype} differs from x's {x.dtype}")
         if return_cell and not spec.is_lstm:
-            raise ValueError(f"return_cell: only an LSTM has a cell state; got cell={spec.cell!r}")
+            raise InputError(f"return_cell: only an LSTM has a cell state; got cell={spec.cell!r}")
         return self._hidden_grads(spec, params, x, dh_T, return_cell)
 
     def ctc(self, logits, targets, input_lengths, target_lengths, blank: int = 0, zero_infinity: bool = False):
         """CTC loss per sequence ``(B,)`` and its gradient w.r.t. the unnormalised logits ``(T, B, C)``."""
         from implementations.ctc_checks import check_ctc_inputs  # light: NumPy only
+        if not self.has_ctc:
+            raise Unsupported(f"backend {self.name!r} has no CTC (it does not implement _ctc)")
         args = check_ctc_inputs(logits, targets, input_lengths, target_lengths, blank)
         return self._ctc(*args, blank=blank, zero_infinity=zero_infinity)
+
+    def prepare_ctc(self, logits, targets, input_lengths, target_lengths, blank: int = 0) -> Callable[[], object]:
+        """A callable computing CTC loss and gradient once on pre-converted data (for timing)."""
+        from implementations.ctc_checks import check_ctc_inputs
+        if not self.has_ctc:
+            raise Unsupported(f"backend {self.name!r} has no CTC (it does not implement _ctc)")
+        args = check_ctc_inputs(logits, targets, input_lengths, target_lengths, blank)
+        return self._prepare_ctc(*args, blank=blank)
+
+    def ctc_path(self) -> str:
+        """Which CTC kernel runs (for the records)."""
+        return self.path()
+
+    def ctc_native_report(self, logits, targets, input_lengths, target_lengths, blank: int = 0) -> list:
+        """How the framework's own CTC behaves before this backend normalises it (impossible alignments, NaN
+        gradients, padded frames): a list of ``(metric, value, unit, extra)``. Default: nothing to report."""
+        return []
 
     # -- timing hooks -------------------------------------------------------------------------------
     def prepare_forward(self, spec: CellSpec, params: Params, x, state=None) -> Callable[[], object]:
         """A callable running one inference forward on pre-converted data (device-synchronised)."""
         x, state = self._check(spec, params, x, state)
+        self.check_supported(spec, x.dtype)
         return self._prepare_forward(spec, params, x, state)
 
     def prepare_train(self, spec: CellSpec, params: Params, x, state=None, dy=None,
                       d_final_state=None) -> Callable[[], object]:
         """A callable running one forward+backward (all gradients) on pre-converted data."""
         x, state = self._check(spec, params, x, state)
+        self.check_supported(spec, x.dtype)
         dy, d_final_state = self._check_cotangents(spec, x, dy, d_final_state)
         if dy is None:
             dy = np.zeros((x.shape[0], x.shape[1], spec.hidden_size), dtype=x.dtype)
@@ -170,16 +291,19 @@ class BackendBase:
 
     # -- hooks for subclasses -----------------------------------------------------------------------
     def _forward(self, spec, params, x, state):
-        raise NotImplementedError(f"backend {self.variant!r} has no forward")
+        raise Unsupported(f"backend {self.variant!r} has no forward")
 
     def _vjp(self, spec, params, x, state, dy, d_final_state, algorithm, truncation):
-        raise NotImplementedError(f"backend {self.variant!r} has no vjp")
+        raise Unsupported(f"backend {self.variant!r} has no vjp")
 
     def _hidden_grads(self, spec, params, x, dh_T, return_cell):
-        raise NotImplementedError(f"backend {self.variant!r} has no hidden_grads")
+        raise Unsupported(f"backend {self.variant!r} has no hidden_grads")
 
     def _ctc(self, logits, targets, input_lengths, target_lengths, blank, zero_infinity):
-        raise NotImplementedError(f"backend {self.variant!r} has no ctc")
+        raise Unsupported(f"backend {self.variant!r} has no ctc")
+
+    def _prepare_ctc(self, logits, targets, input_lengths, target_lengths, blank):
+        return lambda: self._ctc(logits, targets, input_lengths, target_lengths, blank=blank, zero_infinity=False)
 
     def _prepare_forward(self, spec, params, x, state):
         return lambda: self._forward(spec, params, x, state)
@@ -187,10 +311,3 @@ class BackendBase:
     def _prepare_train(self, spec, params, x, state, dy, d_final_state):
         return lambda: self._vjp(spec, params, x, state, dy, d_final_state, "bptt", None)
 
-
-def cpu_count() -> int:
-    """Cores this process may use (respects affinity masks)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1

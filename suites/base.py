@@ -5,10 +5,10 @@ A suite module defines one :class:`Suite` subclass with
 - ``name`` and ``presets`` (at least ``smoke``, ``quick``, ``full``);
 - ``cases(preset, backends, device) -> list[Case]``: pure, cheap, deterministic (no framework import);
 - ``run(case, ctx) -> Iterator[row]``: measures one case through the backend interface and yields rows
-  built with :func:`harness.records.make_row` (``case.row(...)`` does that), one per measurement,
+  built with :func:`harness.measure.records.make_row` (``case.row(...)`` does that), one per measurement,
   *as each is finished* — the runner writes each to disk before the next one is measured.
 
-The runner (``harness.runner``) executes ``run`` in a worker process per backend family, with
+The runner (``harness.run.runner``) executes ``run`` in a worker process per backend family, with
 timeouts, and records crashes as rows. The same ``run`` is called by the asv classes, so there is
 one implementation of every measurement.
 """
@@ -19,10 +19,10 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
-from harness.records import make_row
+from harness.measure.records import make_row
 
-SUITE_MODULES = {"throughput": "suites.throughput", "memory": "suites.memory",
-                 "gradients": "suites.gradients", "ctc": "suites.ctc"}
+SUITE_MODULES = {"throughput": "suites.throughput.suite", "memory": "suites.memory.suite",
+                 "gradients": "suites.gradients.suite", "ctc": "suites.ctc.suite"}
 PRESETS = ("smoke", "quick", "full")
 
 
@@ -52,11 +52,6 @@ class Case:
         """Unique within a run: what ``--resume`` looks for."""
         return f"{self.suite}/{self.backend}/{self.device}/{self.name}"
 
-    @property
-    def family(self) -> str:
-        """The backend family (numpy/torch/jax/plug-in): cases of one family share a worker process."""
-        return self.backend.split("-")[0] if ":" not in self.backend else self.backend
-
     def fields(self) -> Dict[str, Any]:
         return {"suite": self.suite, "case": self.name, "backend": self.backend, "variant": self.backend,
                 "device": self.device, "dtype": self.dtype, "cell": self.cell, "layers": self.layers,
@@ -70,8 +65,8 @@ class Case:
         return make_row(self.fields(), metric, value, unit, **main, **extra)
 
     def spec(self):
-        """The :class:`~harness.spec.CellSpec` of this case."""
-        from harness.spec import CellSpec
+        """The :class:`~harness.core.spec.CellSpec` of this case."""
+        from harness.core.spec import CellSpec
         return CellSpec(self.cell, self.input_size, self.hidden_size, self.layers or 1)
 
 
@@ -105,6 +100,13 @@ class Suite:
 
     def run(self, case: Case, ctx: RunContext) -> Iterator[Dict[str, Any]]:
         raise NotImplementedError
+
+    def report_section(self, df, fig_dir: str, **opts: Any) -> Optional[str]:
+        """This suite's part of the report (Markdown; figures written into ``fig_dir``), from its rows ``df``.
+
+        None (the default) gives a generic table of medians. Options passed: ``baseline``, ``run_dir``, ``meta``.
+        """
+        return None
 
 
 def get_suite(name: str) -> Suite:

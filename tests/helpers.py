@@ -5,8 +5,8 @@ from typing import Any, Dict
 
 import numpy as np
 
-from harness.params import Params, init_params
-from harness.spec import CellSpec
+from harness.core.params import Params, init_params
+from harness.core.spec import CellSpec
 
 
 def rel_err(a, b) -> float:

@@ -63,7 +63,7 @@ def test_classes_are_well_formed_for_asv():
 
 
 def test_unavailable_backend_and_device_skip_in_setup(monkeypatch):
-    from harness import backends
+    from implementations import registry as backends
     with pytest.raises(NotImplementedError):
         B.TimeForward().setup("numpy", "lstm", "small", "cuda")  # numpy runs on the CPU only
     real = backends.probe
@@ -90,7 +90,7 @@ def test_missing_suite_skips(monkeypatch):
 def test_time_benchmarks_time_the_suites_prepared_callable(monkeypatch):
     """setup builds the suite's case with the suite's make_data and keeps the backend's prepared callable."""
     from implementations.base import BackendBase
-    import suites.throughput as tp
+    import suites.throughput.suite as tp
     calls = {}
     sentinel_calls = []
 
@@ -125,7 +125,7 @@ def test_real_numpy_benchmark_runs():
 
 def test_track_benchmarks_report_the_suites_rows(monkeypatch):
     """track_ values are picked from SUITE.run's rows, not measured again."""
-    import suites.throughput as tp
+    import suites.throughput.suite as tp
     from suites.base import Case
 
     def fake_run(case: Case, ctx):
@@ -146,8 +146,8 @@ def test_track_benchmarks_report_the_suites_rows(monkeypatch):
 
 
 def test_gradient_tracks_pick_decay_rates(monkeypatch):
-    pytest.importorskip("suites.gradients")
-    import suites.gradients as gr
+    pytest.importorskip("suites.gradients.suite")
+    import suites.gradients.suite as gr
 
     def fake_run(case, ctx):
         for label, (cell, rho, bias, scale) in B.GRADIENT_SETTINGS.items():
@@ -172,8 +172,8 @@ def test_asv_check_finds_no_problem():
 
 
 def test_ctc_tracks_take_the_worst_error_the_suite_reports(monkeypatch):
-    pytest.importorskip("suites.ctc")
-    import suites.ctc as ctc
+    pytest.importorskip("suites.ctc.suite")
+    import suites.ctc.suite as ctc
 
     def fake_run(case, ctx):
         v = 1e-12 if case.dtype == "float64" else 1e-6
@@ -192,8 +192,8 @@ def test_ctc_tracks_take_the_worst_error_the_suite_reports(monkeypatch):
 
 
 def test_memory_tracks_report_the_suites_peak_bytes(monkeypatch):
-    pytest.importorskip("suites.memory")
-    import suites.memory as mem
+    pytest.importorskip("suites.memory.suite")
+    import suites.memory.suite as mem
     seen = []
 
     def fake_run(case, ctx):

@@ -26,13 +26,15 @@ def _run(code: str, *args: str, block: bool = True):
 
 def test_import_harness_and_help_need_only_numpy():
     r = _run("import harness, harness.spec, harness.params, harness.backends, harness.records, harness.cli\n"
-             "import suites.base\n"
-             "from harness.cli import main\n"
+             "import harness.core.spec, harness.core.cells, harness.core.system, implementations.registry\n"
+             "import suites, suites.base, suites.throughput, suites.memory, suites.gradients, suites.ctc\n"
+             "import harness.measure.timing, harness.run.runner, harness.compare, harness.gate, harness.report\n"
+             "from harness.cli.main import main\n"
              "sys.exit(main(['--help']))")
     assert r.returncode == 0, r.stderr
     assert "rnnbench list" in r.stdout and "rnnbench run" in r.stdout
     for sub in ("run", "report", "compare", "gate", "list"):
-        r = _run("from harness.cli import main\nsys.exit(main([sys.argv[1], '--help']))", sub)
+        r = _run("from harness.cli.main import main\nsys.exit(main([sys.argv[1], '--help']))", sub)
         assert r.returncode == 0, (sub, r.stderr)
         assert "usage: rnnbench " + sub in r.stdout
 
@@ -46,7 +48,7 @@ def test_suite_modules_import_with_numpy_only():
 
 
 def test_list_reports_missing_frameworks_with_reason():
-    r = _run("from harness.cli import main\nsys.exit(main(['list']))")
+    r = _run("from harness.cli.main import main\nsys.exit(main(['list']))")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert any(l.split()[:3] == ["numpy", "cpu", "yes"] for l in lines)
@@ -56,7 +58,7 @@ def test_list_reports_missing_frameworks_with_reason():
 
 def test_list_with_frameworks_installed():
     pytest.importorskip("torch")
-    r = _run("from harness.cli import main\nsys.exit(main(['list', '--device', 'cpu']))", block=False)
+    r = _run("from harness.cli.main import main\nsys.exit(main(['list', '--device', 'cpu']))", block=False)
     assert r.returncode == 0, r.stderr
     assert any(l.split()[:3] == ["torch", "cpu", "yes"] for l in r.stdout.splitlines()), r.stdout
 
@@ -66,12 +68,12 @@ def test_list_with_frameworks_installed():
     (["frobnicate"], "invalid choice"),
 ])
 def test_usage_errors_exit_2_with_one_line(argv, needle):
-    r = _run("from harness.cli import main\nsys.exit(main(sys.argv[1:]))", *argv)
+    r = _run("from harness.cli.main import main\nsys.exit(main(sys.argv[1:]))", *argv)
     assert r.returncode == 2
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_no_command_prints_help_and_exits_2():
-    r = _run("from harness.cli import main\nsys.exit(main([]))")
+    r = _run("from harness.cli.main import main\nsys.exit(main([]))")
     assert r.returncode == 2 and "usage: rnnbench" in r.stdout

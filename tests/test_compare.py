@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("scipy")
 pytest.importorskip("pandas")
 
-from harness import compare  # noqa: E402
-from harness.cli import main  # noqa: E402
-from harness.records import RowWriter, make_row, write_meta  # noqa: E402
+from harness.compare import compare  # noqa: E402
+from harness.cli.main import main  # noqa: E402
+from harness.measure.records import RowWriter, make_row, write_meta  # noqa: E402
 
 MACHINE = {"cpu": "Test CPU", "cores": 2}
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import backends
-from harness.spec import CELLS, CellSpec
+from implementations import registry as backends
+from harness.core.spec import CELLS, CellSpec
 from tests.helpers import params_rel_err, problem, rel_err
 
 NP = backends.get("numpy")

@@ -17,13 +17,13 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from harness import gate  # noqa: E402
-from harness.cli import main  # noqa: E402
+from harness.gate import gate  # noqa: E402
+from harness.cli.main import main  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
 PLUGIN_OK = """
-from implementations.numpy_backend import NumpyBackend
+from implementations.numpy.backend import NumpyBackend
 
 class MyBackend(NumpyBackend):
     variant = "mybackend"
@@ -193,7 +193,7 @@ def test_judge_checks_fail_when_head_passes_tolerance():
 
 
 def test_trials_count_a_failure_only_when_the_rerun_confirms():
-    from harness.gate_trials import PATCH, gate_fails
+    from harness.gate.trials import PATCH, gate_fails
     st = lambda r, p: {"ratio": r, "p": p}  # noqa: E731
     t = {"pass1": {"lstm/fwd": st(1.3, 1e-4), "gru/fwd": st(1.2, 1e-3)},
          "pass2": {"lstm/fwd": st(1.28, 1e-4), "gru/fwd": st(1.01, 0.4)}}
@@ -253,7 +253,7 @@ def test_activate_swaps_trees_so_lazy_imports_resolve_to_their_own(tmp_path, mon
 
 
 def test_signed_rank_and_median_ci():
-    from harness.compare import bootstrap_median_ci, signed_rank_p
+    from harness.measure.stats import bootstrap_median_ci, signed_rank_p
     assert signed_rank_p([0.1] * 8) < 0.01          # all eight above 0: p = 1/256
     assert signed_rank_p([-0.1] * 8) > 0.99
     assert signed_rank_p([0.1, -0.1] * 5) > 0.3

@@ -16,10 +16,10 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from harness import backends  # noqa: E402
-from harness.spec import CELLS, CellSpec  # noqa: E402
-from implementations import jax_backend as jb_mod  # noqa: E402
-from implementations.jax_backend import JaxBackend  # noqa: E402
+from implementations import registry as backends  # noqa: E402
+from harness.core.spec import CELLS, CellSpec  # noqa: E402
+from implementations.jax import backend as jb_mod  # noqa: E402
+from implementations.jax.backend import JaxBackend  # noqa: E402
 from tests.helpers import problem, rel_err  # noqa: E402
 
 EXACT = 1e-10
@@ -328,8 +328,8 @@ def test_ctc_delegates_to_jax_ctc(monkeypatch, jb):
     def fake_ctc(*args, **kw):
         seen.update(args=args, kw=kw)
         return "loss", "grad"
-    monkeypatch.setitem(sys.modules, "implementations.jax_ctc", types.SimpleNamespace(ctc=fake_ctc))
-    monkeypatch.setattr(sys.modules["implementations"], "jax_ctc", sys.modules["implementations.jax_ctc"],
+    monkeypatch.setitem(sys.modules, "implementations.jax.ctc", types.SimpleNamespace(ctc=fake_ctc))
+    monkeypatch.setattr(sys.modules["implementations.jax"], "ctc", sys.modules["implementations.jax.ctc"],
                         raising=False)
     assert jb._ctc("L", "T", "IL", "TL", 0, True) == ("loss", "grad")
     assert seen["args"] == ("L", "T", "IL", "TL")

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from harness import backends
-from harness.params import LayerParams, Params, init_params
-from harness.spec import CELLS, CellSpec
-from implementations import numpy_rnn
+from implementations import registry as backends
+from harness.core.params import LayerParams, Params, init_params
+from harness.core.spec import CELLS, CellSpec
+from implementations.numpy import rnn as numpy_rnn
 from tests.helpers import problem, rel_err
 
 NP = backends.get("numpy")
@@ -229,7 +229,7 @@ def test_internal_lstm_permutation_is_an_involution():
 @pytest.mark.parametrize("cell", CELLS)
 def test_batch_parallel_equals_serial(cell):
     """Splitting the batch over threads gives the same numbers as one thread (up to GEMM rounding)."""
-    from implementations import batch_parallel
+    from implementations.numpy import batch_parallel
     spec = CellSpec(cell, 6, 8, 2)
     pr = problem(spec, T=7, B=33, seed=4)
     args = (spec, pr["params"], pr["x"], pr["state"], pr["dy"], pr["d_final_state"])
@@ -249,7 +249,7 @@ def test_batch_parallel_equals_serial(cell):
 
 
 def test_batch_parallel_propagates_worker_errors():
-    from implementations.batch_parallel import batch_parallel, set_num_threads
+    from implementations.numpy.batch_parallel import batch_parallel, set_num_threads
     seen = []
 
     def fn(b0, b1):

@@ -9,8 +9,9 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from harness import records, report  # noqa: E402
-from harness.cli import UsageError, main  # noqa: E402
+from harness.measure import records
+from harness.report import report  # noqa: E402
+from harness.cli.main import UsageError, main  # noqa: E402
 from suites.base import Case  # noqa: E402
 
 SHAPES = [  # (cell, H, B, T, tags): an H, B and T sweep of LSTM around (128, 32, 50), a GRU H sweep, the reference
@@ -191,7 +192,7 @@ def test_md_table_and_si():
 def test_real_rows_roundtrip(tmp_path):
     """Rows produced by the suite itself (numpy smoke, tiny budget) load and report without error."""
     from suites.base import RunContext
-    from suites.throughput import SUITE
+    from suites.throughput.suite import SUITE
     d = str(tmp_path / "real")
     records.write_meta(d, {"run_id": "real"})
     case = [c for c in SUITE.cases("smoke", ["numpy"]) if c.cell == "gru"][0]

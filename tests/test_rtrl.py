@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from harness import backends
-from harness.spec import CELLS, CellSpec
-from implementations import numpy_rnn, numpy_rtrl
+from implementations import registry as backends
+from harness.core.spec import CELLS, CellSpec
+from implementations.numpy import rnn as numpy_rnn
+from implementations.numpy import rtrl as numpy_rtrl
 from tests.helpers import problem, rel_err
 
 NP = backends.get("numpy")

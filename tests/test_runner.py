@@ -16,9 +16,9 @@ from collections import Counter
 
 import pytest
 
-from harness import records
-from harness.cli import UsageError, main
-from harness.runner import acquire_lock, release_lock, run_suites
+from harness.measure import records
+from harness.cli.main import UsageError, main
+from harness.run.runner import acquire_lock, release_lock, run_suites
 from tests import fake_backends as fb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,25 +262,25 @@ def test_bad_out_exits_2(tmp_path):
         assert len(lines) == 1 and needle in lines[0], lines
 
 
-def test_report_flag_calls_write_report_or_says_it_is_missing(tmp_path, fake_suite, monkeypatch, capsys):
+def test_report_flag_writes_the_report_and_does_not_say_next(tmp_path, fake_suite, monkeypatch, capsys):
     import types
 
-    from harness.cli import build_parser
-    from harness.runner import cli_run
+    from harness.cli.main import build_parser, cmd_run
 
     calls = []
-    fake_report = types.ModuleType("harness.report")
+    fake_report = types.ModuleType("harness.report.report")
     fake_report.write_report = lambda run_dir: calls.append(run_dir) or os.path.join(run_dir, "report.md")
-    monkeypatch.setitem(sys.modules, "harness.report", fake_report)
+    monkeypatch.setitem(sys.modules, "harness.report.report", fake_report)
     out = str(tmp_path / "run")
     args = build_parser().parse_args(["run", "fake", "--preset", "full", "--backend", fb.FAKE, "--out", out,
                                       "--no-progress", "--report"])
-    assert cli_run(args) == 0
+    assert cmd_run(args) == 0
     assert calls == [out]
-    assert f"report: {os.path.join(out, 'report.md')}" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"report: {os.path.join(out, 'report.md')}" in text
+    assert "next: rnnbench report" not in text  # the report is already written
 
-    # without harness.report in the tree, the run still succeeds and says the report was skipped
-    monkeypatch.setitem(sys.modules, "harness.report", None)
-    args.out = str(tmp_path / "run2")
-    assert cli_run(args) == 0
-    assert "report skipped" in capsys.readouterr().err
+    args = build_parser().parse_args(["run", "fake", "--preset", "full", "--backend", fb.FAKE, "--out",
+                                      str(tmp_path / "run2"), "--no-progress"])
+    assert cmd_run(args) == 0
+    assert "next: rnnbench report" in capsys.readouterr().out

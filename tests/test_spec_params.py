@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from harness.params import Params, init_params
-from harness.spec import CELLS, CellSpec
+from harness.core.params import Params, init_params
+from harness.core.spec import CELLS, CellSpec
 
 
 @pytest.mark.parametrize("cell,G", [("rnn_tanh", 1), ("rnn_relu", 1), ("lstm", 4), ("gru", 3)])

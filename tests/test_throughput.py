@@ -9,9 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from harness import ceilings
-from implementations.numpy_backend import NumpyBackend
-from suites import throughput as tp
+from harness.core.errors import Unsupported
+
+from harness.measure import ceilings
+from implementations.numpy.backend import NumpyBackend
+from suites.throughput import suite as tp
 from suites.base import Case, RunContext
 
 TIMING_METRICS = {"compile_s", "tokens_per_s", "us_per_step", "gflops", "gflops_deepbench", "eff_gemm",
@@ -29,13 +31,24 @@ class PerturbedNumpy(NumpyBackend):
         return y * (1 + 1e-3), final
 
 
+class _PlatformCannot(Unsupported):
+    whole_backend = True  # as torch-compile's CompileError: the platform cannot, skip the backend's other cases
+
+
 class BrokenCompile(NumpyBackend):
     """Stands in for a torch.compile that cannot compile on this platform."""
 
     variant = "broken-compile"
 
     def _forward(self, spec, params, x, state):
-        raise RuntimeError("inductor: no working C++ compiler\nsecond line")
+        raise _PlatformCannot("torch.compile failed here: inductor: no working C++ compiler\nsecond line")
+
+
+class BrokenKernel(NumpyBackend):
+    variant = "broken-kernel"
+
+    def _forward(self, spec, params, x, state):
+        raise RuntimeError("inductor: a real bug")
 
 
 def ctx(**kw) -> RunContext:
@@ -67,7 +80,6 @@ def test_cases_well_formed_and_unique(preset, device):
         assert set(c.settings["modes"].split(",")) <= {"fwd", "train"}
         assert c.name == f"{c.cell}-L{c.layers}-B{c.batch}-T{c.seq_len}-I{c.input_size}-H{c.hidden_size}-float32"
     backends = {c.backend for c in cases}
-    assert ("torch-native" in backends) == (device == "cuda")
     assert {"numpy", "torch", "jax", "torch-cell", "torch-compile", "jax-unroll8"} <= backends
 
 
@@ -94,7 +106,7 @@ def test_full_holds_anchors():
     assert "lstm-L1-B128-T25-I1024-H1024-float32" in cuda
     inf = [c for c in cuda.values() if "deepbench-inference" in c.settings["tags"]]
     assert inf and all(c.settings["modes"] == "fwd" for c in inf)
-    assert {c.backend for c in tp.SUITE.cases("full", ["torch"], "cuda")} == {"torch", "torch-native"}
+    assert {c.backend for c in tp.SUITE.cases("full", ["torch", "torch-native"], "cuda")} == {"torch", "torch-native"}
 
 
 def test_cases_bad_input():
@@ -105,7 +117,7 @@ def test_cases_bad_input():
 
 
 def test_import_needs_numpy_only():
-    code = ("import sys, suites.throughput, harness.ceilings, harness.report, harness.report_throughput; "
+    code = ("import sys, suites.throughput.suite, harness.measure.ceilings, harness.report.report, suites.throughput.report; "
             "bad = [m for m in ('torch', 'jax', 'matplotlib', 'pandas') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tp.__file__.rsplit("/suites/", 1)[0])
@@ -179,22 +191,26 @@ def test_wrong_backend_gives_error_row_and_no_timing():
 
 
 def test_compile_failure_is_a_skip(monkeypatch):
-    monkeypatch.setattr(tp, "_COMPILE_FAILED", {})
-    monkeypatch.setattr(tp, "_backend", lambda name, device, threads: BrokenCompile())
+    monkeypatch.setattr(tp, "_WHOLE_BACKEND_SKIP", {})
+    broken = BrokenCompile()
+    calls = []
+    monkeypatch.setattr(tp, "_backend", lambda name, device, threads: calls.append(name) or broken)
     case = Case(**{**one_case("numpy").__dict__, "backend": "torch-compile"})
     for _ in range(2):  # the second one is skipped at once, with the same reason
         rows = run_rows(case)
         assert [r["status"] for r in rows] == ["skipped"]
         assert "torch.compile failed here" in rows[0]["reason"] and "C++" in rows[0]["reason"]
         assert "\n" not in rows[0]["reason"]
-    # any other backend's exception propagates (the runner records it as an error with its traceback)
+    assert len(calls) == 1  # whole_backend: the backend's remaining cases do not even try
+    # an exception that is not the backend's "I cannot" propagates (the runner records it as an error)
+    monkeypatch.setattr(tp, "_backend", lambda name, device, threads: BrokenKernel())
     other = Case(**{**one_case("numpy").__dict__, "backend": "torch-cell"})
     with pytest.raises(RuntimeError, match="inductor"):
         run_rows(other)
 
 
 def test_unavailable_backend_is_a_skip(monkeypatch):
-    from harness import backends as registry
+    from implementations import registry
 
     def unavailable(name, device, threads):
         raise registry.BackendError(f"backend {name!r} is unavailable: not installed")
@@ -204,7 +220,7 @@ def test_unavailable_backend_is_a_skip(monkeypatch):
 
 
 def test_equivalence_error_and_data():
-    from harness.spec import CellSpec
+    from harness.core.spec import CellSpec
     spec = CellSpec("gru", 5, 7)
     data = tp.make_data(spec, 3, 9, seed=1)
     again = tp.make_data(spec, 3, 9, seed=1)
@@ -221,7 +237,7 @@ def test_equivalence_error_and_data():
 # -- ceilings -------------------------------------------------------------------------------------------
 
 def test_ceilings_numpy_cached_and_consistent():
-    from harness.spec import CellSpec
+    from harness.core.spec import CellSpec
     ceilings.clear_cache()
     spec = CellSpec("lstm", 16, 8)
     shapes = ceilings.case_shapes(spec, batch=4, seq_len=5)
@@ -243,4 +259,8 @@ def test_ceilings_bad_input():
         ceilings.measure("numpy", "recurrent", (8, 8, 8))
     with pytest.raises(TypeError, match="dtype"):
         ceilings.measure("numpy", "gemm_square", (8, 8, 8), dtype="int8")
-    assert ceilings.framework_of("numpy") == "numpy" and ceilings.framework_of("acme") is None
+    from types import SimpleNamespace
+    assert ceilings.framework_of(SimpleNamespace(framework="numpy", name="x")) == "numpy"
+    assert ceilings.framework_of(SimpleNamespace(framework="acme", name="x")) is None  # no ceilings, no efficiency
+    own = SimpleNamespace(framework=None, name="mine", gemm=lambda kind, shape, dtype: (lambda: None))
+    assert ceilings.framework_of(own) == "own:mine"

@@ -9,7 +9,7 @@ import gc
 import numpy as np
 import pytest
 
-from harness.timing import Measurement, Timer, time_fn
+from harness.measure.timing import Measurement, Timer, time_fn
 
 
 class FakeClock:

@@ -12,10 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harness import backends  # noqa: E402
-from harness.params import init_params  # noqa: E402
-from harness.spec import CELLS, CellSpec  # noqa: E402
-from implementations import torch_backend as tb  # noqa: E402
+from implementations import registry as backends  # noqa: E402
+from harness.core.params import init_params  # noqa: E402
+from harness.core.spec import CELLS, CellSpec  # noqa: E402
+from implementations.torch import backend as tb  # noqa: E402
 
 CONFIGS = [  # (num_layers, bias, T, B, I, H)
     (1, True, 6, 3, 4, 5),

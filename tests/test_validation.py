@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from harness import backends
-from harness.params import init_params
-from harness.spec import CellSpec
-from implementations import numpy_rnn
+from implementations import registry as backends
+from harness.core.params import init_params
+from harness.core.spec import CellSpec
+from implementations.numpy import rnn as numpy_rnn
 
 NP = backends.get("numpy")
 SPEC = CellSpec("lstm", 3, 4, 2)
@@ -37,7 +37,7 @@ def no_compute(monkeypatch):
      "a gru state is one array"),
     (lambda: NP.forward(CellSpec("gru", 3, 4), init_params(CellSpec("gru", 3, 4, 2)), X), ValueError,
      "params: has 2 layers; spec has num_layers=1"),
-    (lambda: NP.forward("lstm", P, X), TypeError, "spec: got str; expected harness.spec.CellSpec"),
+    (lambda: NP.forward("lstm", P, X), TypeError, "spec: got str; expected harness.core.spec.CellSpec"),
     (lambda: NP.forward(SPEC, {"w": 1}, X), TypeError, "params: got dict"),
     (lambda: NP.vjp(SPEC, P, X, None, np.zeros((5, 2, 5))), ValueError, r"dy: got shape \(5, 2, 5\); expected \(5, 2, 4\)"),
     (lambda: NP.vjp(SPEC, P, X, None, None, (H, H[:1])), ValueError, r"d_final_state\[c\]: got shape"),
@@ -64,13 +64,13 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="unavailable"):
         backends.get("no_such_module_xyz:Thing")
     with pytest.raises(ValueError, match="has no class"):
-        backends.get("implementations.numpy_backend:Missing")
+        backends.get("implementations.numpy.backend:Missing")
     with pytest.raises(ValueError, match="not a subclass"):
-        backends.get("harness.spec:CellSpec")
+        backends.get("harness.core.spec:CellSpec")
 
 
 def test_plugin_by_module_class_and_probe_reasons():
-    b = backends.get("implementations.numpy_backend:NumpyBackend")
+    b = backends.get("implementations.numpy.backend:NumpyBackend")
     assert b.variant == "numpy"
     info = backends.probe("no_such_module_xyz:Thing")
     assert not info.available and "not installed" in info.reason
@@ -81,6 +81,6 @@ def test_plugin_by_module_class_and_probe_reasons():
 
 def test_plugin_by_entry_point(monkeypatch):
     monkeypatch.setattr(backends, "_plugin_entry_points",
-                        lambda: {"mine": "implementations.numpy_backend:NumpyBackend"})
+                        lambda: {"mine": "implementations.numpy.backend:NumpyBackend"})
     assert "mine" in backends.names()
     assert backends.get("mine").family == "numpy"

@@ -1,0 +1,216 @@
+"""The ``rnnbench`` command line.
+
+Subcommands are thin: each parses its arguments and calls one function of the layer below
+(``runner``, ``report``, ``compare``, ``gate``), imported only when that subcommand runs, so that
+``rnnbench --help`` needs nothing but NumPy.
+
+Exit codes: 0 ok, 1 regression or failed check, 2 bad usage or bad input, 3 an internal error (a bug).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from harness.core.errors import RnnbenchError, UsageError  # noqa: F401 - UsageError re-exported
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+
+SUITES = ("throughput", "memory", "gradients", "ctc")
+PRESETS = ("smoke", "quick", "full")
+
+DESCRIPTION = """\
+rnnbench: benchmark and analyse recurrent networks (vanilla RNN, LSTM, GRU) across NumPy,
+PyTorch (CPU/cuDNN) and JAX, through one interface.
+
+Typical use:
+  rnnbench list                              what can run here, and why not the rest
+  rnnbench run --preset quick                all suites, quick preset -> results/runs/<id>/
+  rnnbench report results/runs/<id>          report.md + report.html + figures/
+  rnnbench compare BASE_DIR NEW_DIR          ratios with significance; exit 1 on a regression
+  rnnbench gate --base HEAD~1                CI performance gate against another revision
+"""
+
+
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run suites and record every measurement",
+                       description="Run benchmark suites. Each finished measurement is appended to DIR/rows.jsonl "
+                                   "(flushed and fsynced) before the next starts; DIR/meta.json records the "
+                                   "machine, versions, seed and command.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suites", nargs="*", metavar="SUITE",
+                   help=f"suites to run (default: all present): {', '.join(SUITES)}, or module:ATTR for a "
+                        "plug-in suite")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help=f"size of the sweep: {', '.join(PRESETS)} (default: quick, or the resumed run's; "
+                        "smoke takes seconds)")
+    p.add_argument("--backend", action="append", metavar="B",
+                   help="backend to include (repeatable; default: every available one). See `rnnbench list`.")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="cpu or cuda (default: cpu, or the resumed run's)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: results/runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the run in --out: skip finished cases, re-run the others (a case cut off "
+                        "mid-way is recorded again as a new attempt; the old one is dropped when loading)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="intra-op threads for every backend alike (default: all cores)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of every weight and input (default: 0, or the resumed run's)")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="per-case time limit in seconds (default: the suite's, else 300/900/3600 s for "
+                        "smoke/quick/full); a case over it is killed and recorded as 'timeout'")
+    p.add_argument("--budget", type=float, metavar="S",
+                   help="seconds of timed repeats per measurement (default: set by the preset)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (plain lines instead)")
+    p.add_argument("--report", action="store_true", help="write the report when the run ends")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write report.md/.html and figures from a run directory",
+                       description="Turn a run directory into DIR/report.md, DIR/report.html and DIR/figures/*.png. "
+                                   "Never re-runs anything.")
+    p.add_argument("run_dir", metavar="DIR")
+    p.add_argument("--baseline", metavar="BACKEND", default="torch",
+                   help="backend that speed-ups are relative to (default: torch)")
+    p.add_argument("--suite", action="append", metavar="MODULE:ATTR", default=[],
+                   help="a plug-in suite whose rows are in the run: its report_section writes its part "
+                        "(repeatable). A run directory never names code to import; built-in suites need nothing")
+
+
+def _add_compare(sub) -> None:
+    from harness.compare import compare as c  # NumPy only: the defaults are written once, there
+    p = sub.add_parser("compare", help="compare two runs: ratios, confidence intervals, verdicts",
+                       description="Compare two run directories (or two asv result files) case by case: ratio of "
+                                   "medians, bootstrap 95%% CI, Mann-Whitney U p-value, verdict. Exit 1 when a "
+                                   "case is significantly slower than the threshold allows.")
+    p.add_argument("base", metavar="BASE")
+    p.add_argument("new", metavar="NEW")
+    p.add_argument("--threshold", type=float, default=None, metavar="R",
+                   help=f"a slowdown must exceed this ratio to count (default: {c.DEFAULT_THRESHOLD:g})")
+    p.add_argument("--alpha", type=float, default=None, metavar="P",
+                   help=f"significance level of the Mann-Whitney test (default: {c.DEFAULT_ALPHA:g})")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    p.add_argument("--figure", metavar="FILE", help="also write a figure of the ratios")
+
+
+def _add_gate(sub) -> None:
+    from harness.gate import gate as g  # standard library only: cheap, and the defaults are written once
+    p = sub.add_parser("gate", help="CI performance gate: this tree against another revision",
+                       description="Check out REV in a git worktree; each of --rounds fresh processes loads "
+                                   "both trees and times their gate cases in adjacent pairs (A B B A ...); fail "
+                                   "(exit 1) only on a significant slowdown beyond --threshold that a re-run "
+                                   "confirms, or on an equivalence error past its tolerance.")
+    p.add_argument("--base", metavar="REV", help="revision to compare against (default: merge-base with main, "
+                                                 "else HEAD~1)")
+    p.add_argument("--backend", action="append", metavar="B", help="backend(s) to gate (default: numpy); "
+                                                                    "module:Class for a plug-in")
+    p.add_argument("--threshold", type=float, default=None, metavar="R",
+                   help=f"head/base time ratio beyond which a significant slowdown fails (default: {g.DEFAULT_THRESHOLD:g})")
+    p.add_argument("--markdown", metavar="FILE", help="write the summary as Markdown")
+    p.add_argument("--repo", metavar="DIR", default=".", help="repository to gate (default: .)")
+    p.add_argument("--alpha", type=float, default=None, metavar="P",
+                   help=f"significance level of the one-sided Wilcoxon signed-rank test over processes (default: {g.DEFAULT_ALPHA:g})")
+    p.add_argument("--rounds", type=int, default=None, metavar="N",
+                   help="worker processes, each loading both trees and timing them in adjacent pairs "
+                        f"(default: {g.DEFAULT_ROUNDS}, set from the measured trials)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="timed pairs (one sample of each tree) per case and mode in each process "
+                        f"(default: {g.DEFAULT_SAMPLES}, set from the trials)")
+    p.add_argument("--case", action="append", metavar="TEXT",
+                   help="only gate cases whose name contains TEXT (repeatable; default: every smoke case)")
+    p.add_argument("--preset", default=None, metavar="NAME", help="preset the gate cases come from (default: smoke)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the worker processes to one core")
+    p.add_argument("--no-confirm", action="store_true", help="fail on the first flag, without the confirmation re-run")
+    p.add_argument("--force", action="store_true",
+                   help="measure even when no Python file, pyproject.toml or constraints.txt changed since REV "
+                        "(default: such a change-free gate passes at once, saying so)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnbench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from harness import __version__
+    parser.add_argument("--version", action="version", version=f"rnnbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("list", help="backends, devices and versions; why the unavailable ones are",
+                       description="List every backend and device, whether it runs here, its versions, "
+                                   "and for the unavailable ones the reason.")
+    p.add_argument("--device", action="append", metavar="DEV", help="only this device (cpu/cuda)")
+    _add_run(sub)
+    _add_report(sub)
+    _add_compare(sub)
+    _add_gate(sub)
+    return parser
+
+
+def cmd_list(args) -> int:
+    from implementations import registry as backends
+    devices = tuple(args.device) if args.device else backends.DEVICES
+    for d in devices:
+        if d not in backends.DEVICES:
+            raise UsageError(f"--device: got {d!r}; allowed: {', '.join(backends.DEVICES)}")
+    infos = backends.available(devices)
+    width = max(len(i.name) for i in infos)
+    for i in infos:
+        mark = "yes" if i.available else "no "
+        detail = ", ".join(f"{k} {v}" for k, v in i.versions.items()) if i.available else i.reason
+        print(f"{i.name:<{width}}  {i.device:<4}  {mark}  {detail}")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    """``rnnbench run``: the runner, then (``--report``) the report."""
+    from harness.run.runner import run_suites
+    try:
+        out = run_suites(args.suites or None, preset=args.preset, backends=args.backend, device=args.device,
+                         out=args.out, resume=args.resume, threads=args.threads, seed=args.seed,
+                         timeout=args.timeout, budget=args.budget,
+                         progress=False if args.no_progress else None, argv=sys.argv, next_hint=not args.report)
+    except KeyboardInterrupt:
+        return 130
+    if args.report:
+        from harness.report.report import write_report
+        print(f"report: {write_report(out)}")
+    return EXIT_OK
+
+
+#: subcommand -> (module, function); each function takes the parsed args and returns an exit code
+HANDLERS = {
+    "run": ("harness.cli.main", "cmd_run"),
+    "report": ("harness.report.report", "cli_report"),
+    "compare": ("harness.compare.compare", "cli_compare"),
+    "gate": ("harness.gate.gate", "cli_gate"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "list":
+            return cmd_list(args)
+        mod, fn = HANDLERS[args.command]
+        return int(getattr(importlib.import_module(mod), fn)(args) or 0)
+    except RnnbenchError as e:
+        # Raised on purpose: the message names what was wrong and what is allowed. One line, exit 2.
+        print(f"rnnbench {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"rnnbench {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - not raised on purpose: a bug, shown as one
+        import traceback
+        traceback.print_exc()
+        print(f"rnnbench {args.command}: internal error (a bug in rnnbench or in a plug-in; the traceback "
+              "above says where)", file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

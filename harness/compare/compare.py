@@ -1,0 +1,526 @@
+"""Two result sets -> per-case ratios with significance -> verdicts (``rnnbench compare BASE NEW``).
+
+Inputs are two run directories (``rows.jsonl`` + ``meta.json``) or two asv result files
+(``results/asv/results/<machine>/<commit>-<env>.json``). Rows are matched on
+``(suite, case, backend, device, dtype, metric)`` plus the identifying extras (``mode``, ``step``,
+``algorithm``, ...). Each match is one of three kinds:
+
+``timed``
+    raw samples on both sides (a time or a rate). Ratio of medians new/base, normalised so that
+    > 1 means *worse* (slower, or a lower rate); a seeded percentile bootstrap 95 % CI of that ratio;
+    a two-sided Mann–Whitney U p-value. Verdict ``slower`` when ratio > threshold and p < alpha,
+    ``faster`` when ratio < 1/threshold and p < alpha, else ``same``. (asv files keep no samples unless
+    run with ``--record-samples``; there asv's own rule applies: non-overlapping 99 % CIs.)
+``exact``
+    deterministic numbers (``*_error``, ``*_bytes``, ``check_*``, counts): compared against tolerances,
+    not statistically (see :data:`EXACT_RULES`). An error that grows past its tolerance is ``worse``.
+``untested``
+    single values without samples (``compile_s``), and numbers recomputed from the timed samples
+    (``gflops``, ``tokens_per_s``, ``eff_*``, ...: :data:`DERIVED`). Counted, not judged.
+
+Exit codes of :func:`cli_compare`: 0 no regression, 1 a significant slowdown or a deterministic metric
+past its tolerance, 2 bad input (missing directory, nothing comparable, no raw samples).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from harness.measure.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_median_ci,  # noqa: F401
+                                  bootstrap_ratio_ci, mann_whitney_p, ratio_stats, signed_rank_p)
+
+DEFAULT_THRESHOLD = 1.10
+DEFAULT_ALPHA = 0.01
+
+#: Metrics that are recomputed from the timed samples of the same case (no information of their own).
+DERIVED = frozenset({"tokens_per_s", "us_per_step", "gflops", "gflops_deepbench", "eff_gemm", "eff_recurrent"})
+#: Extra columns that distinguish two rows of one case and metric.
+KEY_EXTRAS = ("mode", "step", "algorithm", "truncation", "rho", "forget_bias", "gate_bias", "input_scale", "init",
+              "kind", "seed", "T_eval", "phase", "probe")
+KEY_COLUMNS = ("suite", "case", "backend", "device", "dtype", "metric")
+
+
+@dataclass(frozen=True)
+class ExactRule:
+    """How a deterministic metric is judged. ``direction``: +1 larger is worse, 0 any change matters."""
+
+    pattern: str
+    direction: int
+    rtol: float
+    atol: float
+    growth: float = 1.0  # errors: the new value may reach growth × base before it counts
+
+
+BYTES_RULE = ExactRule(r"_bytes$|^bytes|peakmem|_memory$", +1, 0.02, 4096.0)
+#: First match wins. Errors may grow 10× (one decimal digit) above a dtype-sized floor before they fail;
+#: a row's own ``tol`` (absolute tolerance, e.g. the throughput suite's equivalence check) also fails it.
+EXACT_RULES: Tuple[ExactRule, ...] = (
+    ExactRule(r"(^|_)(error|err)$|_error_|_diff$|_dev$|_vs_brute|_max$", +1, 0.0, 0.0, growth=10.0),
+    ExactRule(r"mismatch", +1, 0.0, 0.0),
+    BYTES_RULE,
+    ExactRule(r"^check_|_ok$|_pass(ed)?$|_agree$", -1, 0.0, 0.0),
+    ExactRule(r"_count$|^n_|flops_count|^flops$", 0, 0.0, 0.0),
+    ExactRule(r"decay|_rate$|_slope$|^pascanu_", 0, 1e-3, 1e-9),
+)
+ERROR_FLOOR = {"float16": 1e-2, "bfloat16": 1e-2, "float32": 1e-5, "float64": 1e-12}
+TIME_UNITS = ("ms", "s", "us", "ns", "seconds")
+
+
+def exact_rule(metric: str, unit: Optional[str] = None) -> Optional[ExactRule]:
+    """The rule for a deterministic metric, or None when ``metric`` is not one."""
+    for r in EXACT_RULES:
+        if re.search(r.pattern, metric):
+            return r
+    if unit in ("bytes", "B"):
+        return BYTES_RULE
+    return None
+
+
+def higher_is_better(metric: str, unit: Optional[str]) -> bool:
+    """Rates (``/s``) and efficiencies are better when larger; times, bytes and errors when smaller."""
+    u = (unit or "").strip()
+    return u.endswith("/s") or metric.startswith(("eff", "speedup", "throughput")) or metric.endswith("_per_s")
+
+
+# -- loading -------------------------------------------------------------------------------------------
+
+@dataclass
+class Entry:
+    """One measurement of one side, in the form the comparison needs."""
+
+    key: Tuple
+    label: Dict[str, Any]
+    value: Optional[float]
+    unit: str = ""
+    samples: Optional[np.ndarray] = None
+    ci99: Optional[Tuple[float, float]] = None
+    tol: Optional[float] = None
+    status: str = "ok"
+    reason: str = ""
+
+
+@dataclass
+class ResultSet:
+    source: str
+    kind: str  # "run" or "asv"
+    entries: Dict[Tuple, Entry]
+    machine: str
+    preset: Optional[str]
+    label: str
+
+
+def _usage(msg: str):
+    from harness.core.errors import UsageError
+    return UsageError(msg)
+
+
+def _clean(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
+
+def load_run(path: str) -> ResultSet:
+    """A run directory as entries (status-ok rows and failed ones, the latter marked)."""
+    from harness.measure import records
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            df = records.load(path)
+    except records.RunDirError as e:
+        raise _usage(str(e)) from None
+    meta = df.attrs.get("meta", {}) or {}
+    entries: Dict[Tuple, Entry] = {}
+    extras = [c for c in KEY_EXTRAS if c in df.columns]
+    for rec in df.to_dict("records"):
+        label = {c: _clean(rec.get(c)) for c in KEY_COLUMNS}
+        for c in extras:
+            v = _clean(rec.get(c))
+            if isinstance(v, float) and v.is_integer() and c in ("seed", "step", "truncation", "T_eval"):
+                v = int(v)  # a column with gaps comes back from pandas as float
+            if v is not None:
+                label[c] = v
+        key = tuple(sorted((k, str(v)) for k, v in label.items()))
+        if key in entries:  # a repeated row of one case (same identity): number it
+            i = 2
+            while key + (("#", str(i)),) in entries:
+                i += 1
+            key = key + (("#", str(i)),)
+        s = rec.get("samples")
+        samples = np.asarray(s, dtype=float) if isinstance(s, (list, tuple, np.ndarray)) and len(s) else None
+        tol = _clean(rec.get("tol")) if "tol" in df.columns else None
+        entries[key] = Entry(key, label, _clean(rec.get("value")), str(rec.get("unit") or ""), samples,
+                             tol=tol if isinstance(tol, (int, float)) else None,
+                             status=str(rec.get("status") or "ok"), reason=str(_clean(rec.get("reason")) or ""))
+    from harness.measure.records import machine_key
+    return ResultSet(path, "run", entries, machine_key(meta) if meta else "unknown", meta.get("preset"),
+                     str(meta.get("run_id") or os.path.basename(os.path.normpath(path))))
+
+
+def _asv_units(path: str) -> Dict[str, str]:
+    """benchmark name -> unit, from the benchmarks.json asv keeps two levels up (if present)."""
+    for d in (os.path.dirname(os.path.dirname(os.path.abspath(path))), os.path.dirname(os.path.abspath(path))):
+        f = os.path.join(d, "benchmarks.json")
+        if os.path.exists(f):
+            try:
+                with open(f, encoding="utf-8") as fh:
+                    data = json.load(fh)
+                return {k: v.get("unit", "") for k, v in data.items() if isinstance(v, dict)}
+            except (OSError, json.JSONDecodeError):
+                return {}
+    return {}
+
+
+def load_asv(path: str) -> ResultSet:
+    """An asv result file (format of asv 0.6: ``result_columns`` + ``results``) as entries."""
+    import itertools
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise _usage(f"{path}: not a readable asv result file ({e})") from None
+    cols = data.get("result_columns")
+    if not isinstance(data.get("results"), dict) or not cols:
+        raise _usage(f"{path}: not an asv result file (no 'results'/'result_columns'); "
+                     "give a run directory or results/asv/results/<machine>/<commit>-<env>.json")
+    units = _asv_units(path)
+    entries: Dict[Tuple, Entry] = {}
+    for name, row in data["results"].items():
+        r = dict(zip(cols, row))
+        params = r.get("params") or []
+        combos = list(itertools.product(*params)) if params else [()]
+        vals = r.get("result")
+        vals = vals if isinstance(vals, list) else [vals]
+        col = lambda k, i: (r.get(k) or [None] * len(combos))[i] if isinstance(r.get(k), list) else None  # noqa
+        parts = name.split(".")
+        bench = parts[-1]
+        suite = ".".join(parts[:-1]) or "asv"
+        unit = units.get(name) or ("seconds" if bench.startswith("time_") else
+                                   "bytes" if bench.startswith(("peakmem_", "mem_")) else "")
+        for i, combo in enumerate(combos):
+            v = vals[i] if i < len(vals) else None
+            case = "(" + ", ".join(str(c) for c in combo) + ")" if combo else ""
+            label = {"suite": suite, "case": case, "metric": bench}
+            key = tuple(sorted(label.items()))
+            lo, hi = col("stats_ci_99_a", i), col("stats_ci_99_b", i)
+            smp = col("samples", i)
+            entries[key] = Entry(key, label, None if v is None or (isinstance(v, float) and math.isnan(v)) else v,
+                                 unit, np.asarray(smp, dtype=float) if smp else None,
+                                 ci99=(lo, hi) if lo is not None and hi is not None else None,
+                                 status="ok" if v is not None else "skipped")
+    machine = str((data.get("params") or {}).get("machine", "unknown"))
+    return ResultSet(path, "asv", entries, machine, None,
+                     f"{str(data.get('commit_hash', '?'))[:8]} ({data.get('env_name', '?')})")
+
+
+def load_any(path: str) -> ResultSet:
+    """A run directory or an asv result file; :class:`~harness.cli.main.UsageError` when it is neither."""
+    if os.path.isdir(path):
+        return load_run(path)
+    if os.path.isfile(path) and path.endswith(".json"):
+        return load_asv(path)
+    if not os.path.exists(path):
+        raise _usage(f"{path!r} does not exist (expected a run directory or an asv result .json)")
+    raise _usage(f"{path!r} is neither a run directory nor an asv result .json file")
+
+
+# -- comparison ----------------------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """One matched measurement: the numbers of both sides and the verdict."""
+
+    label: Dict[str, Any]
+    kind: str  # timed / exact / untested
+    unit: str
+    base: Optional[float]
+    new: Optional[float]
+    ratio: float = math.nan  # normalised: > 1 is worse
+    ci_lo: float = math.nan
+    ci_hi: float = math.nan
+    p: float = math.nan
+    verdict: str = "same"
+    why: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in ("slower", "worse")
+
+    def name(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.label.items() if k not in KEY_COLUMNS)
+        return f"{self.label.get('case', '')}" + (f" [{extra}]" if extra else "")
+
+
+@dataclass
+class Report:
+    base: ResultSet
+    new: ResultSet
+    threshold: float
+    alpha: float
+    rows: List[Comparison] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    untested: int = 0
+
+    @property
+    def failed(self) -> List[Comparison]:
+        return [r for r in self.rows if r.failed]
+
+    def geomeans(self) -> Dict[str, Tuple[float, int]]:
+        """suite -> (geometric mean of the timed ratios, count)."""
+        out: Dict[str, List[float]] = {}
+        for r in self.rows:
+            if r.kind == "timed" and r.ratio > 0 and math.isfinite(r.ratio):
+                out.setdefault(str(r.label.get("suite")), []).append(math.log(r.ratio))
+        return {s: (math.exp(sum(v) / len(v)), len(v)) for s, v in out.items()}
+
+
+def judge_exact(metric: str, unit: str, base: float, new: float, dtype: Optional[str],
+                tol: Optional[float] = None) -> Tuple[str, str]:
+    """(verdict, why) for a deterministic metric: ``same``/``worse``/``better``/``changed``."""
+    rule = exact_rule(metric, unit) or ExactRule("", 0, 0.0, 0.0)
+    if base is None or new is None or not (math.isfinite(base) or math.isfinite(new)):
+        return ("same", "both non-finite") if base == new else ("worse", f"{base} -> {new}")
+    if not math.isfinite(new):
+        return "worse", f"became non-finite ({new})"
+    if tol is not None and abs(new) > tol and rule.direction > 0:
+        return "worse", f"{new:.3g} exceeds its tolerance {tol:.3g}"
+    if rule.direction > 0 and rule.growth > 1.0:  # errors (signed ones judged by magnitude)
+        floor = ERROR_FLOOR.get(str(dtype), ERROR_FLOOR["float64"])
+        limit = max(rule.growth * abs(base), floor)
+        if abs(new) > limit:
+            return "worse", f"{base:.3g} -> {new:.3g}, past max({rule.growth:g}x base, {floor:g})"
+        better = abs(new) < abs(base) / rule.growth and abs(base) > floor
+        return ("better" if better else "same"), f"within max({rule.growth:g}x, {floor:g})"
+    band = rule.rtol * abs(base) + rule.atol
+    d = new - base
+    if abs(d) <= band:
+        return "same", f"|change| {abs(d):.3g} <= {band:.3g}"
+    if rule.direction == 0:
+        return "changed", f"{base:.6g} -> {new:.6g} (tolerance {band:.3g})"
+    worse = d > 0 if rule.direction > 0 else d < 0
+    return ("worse" if worse else "better"), f"{base:.6g} -> {new:.6g} (tolerance {band:.3g})"
+
+
+def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THRESHOLD,
+                 alpha: float = DEFAULT_ALPHA) -> Report:
+    """Match two result sets and judge every match. Raises UsageError when nothing can be compared."""
+    if not (threshold > 1.0):
+        raise ValueError(f"threshold: got {threshold!r}; a ratio > 1 (e.g. 1.10 = 10 % slower)")
+    rep = Report(base, new, threshold, alpha)
+    same_machine = base.machine == new.machine
+    if not same_machine:
+        rep.notes.append(f"different machines: BASE {base.machine!r} vs NEW {new.machine!r}; timings are "
+                         "not comparable, only deterministic metrics are judged")
+    if base.preset and new.preset and base.preset != new.preset:
+        rep.notes.append(f"different presets: BASE {base.preset!r} vs NEW {new.preset!r}; comparing the cases "
+                         "present in both")
+    common = [k for k in base.entries if k in new.entries]
+    only_b, only_n = len(base.entries) - len(common), len(new.entries) - len(common)
+    if only_b or only_n:
+        rep.notes.append(f"{only_b} measurement(s) only in BASE and {only_n} only in NEW are left out")
+    if not common:
+        raise _usage("nothing to compare: no case/metric appears in both runs"
+                     + ("; " + "; ".join(rep.notes) if rep.notes else ""))
+    for side in (base, new):
+        timed = [e for e in side.entries.values() if e.label["metric"] not in DERIVED and
+                 (e.unit in TIME_UNITS or e.label["metric"].startswith("time_"))]
+        if timed and not any(e.samples is not None or e.ci99 is not None for e in timed):
+            raise _usage(f"{side.source}: no raw samples in any of its {len(timed)} timing row(s); cannot test "
+                         "for significance (was it written by an old version, or are all rows failures?)")
+    for k in common:
+        b, n = base.entries[k], new.entries[k]
+        metric = str(b.label["metric"])
+        unit = n.unit or b.unit
+        c = Comparison(b.label, "untested", unit, b.value, n.value)
+        if b.status != "ok" or n.status != "ok":
+            c.verdict = "not comparable"
+            c.why = f"status {b.status} -> {n.status}" + (f": {n.reason or b.reason}"[:120] if (n.reason or b.reason) else "")
+            c.kind = "timed" if (b.samples is not None or n.samples is not None) else "exact"
+            if exact_rule(metric, unit) is None and not (b.samples is not None or n.samples is not None):
+                rep.untested += 1
+                continue
+            if n.status != "ok" and b.status == "ok" and n.status in ("error", "timeout", "oom"):
+                c.verdict, c.why = "worse", f"was ok, now {n.status}: {n.reason}"[:160]
+            rep.rows.append(c)
+            continue
+        if metric in DERIVED:
+            rep.untested += 1
+            continue
+        rule = exact_rule(metric, unit)
+        if rule is not None and b.samples is None and n.samples is None:
+            c.kind = "exact"
+            c.verdict, c.why = judge_exact(metric, unit, b.value, n.value, b.label.get("dtype"), n.tol)
+            if b.value and n.value is not None and b.value != 0:
+                c.ratio = n.value / b.value
+            rep.rows.append(c)
+            continue
+        hb = higher_is_better(metric, unit)
+        if b.samples is not None and n.samples is not None and len(b.samples) and len(n.samples):
+            c.kind = "timed"
+            st = ratio_stats(b.samples, n.samples, higher_better=hb)
+            c.ratio, c.ci_lo, c.ci_hi, c.p = st["ratio"], st["ci_lo"], st["ci_hi"], st["p"]
+            significant = c.p < alpha
+            basis = f"p={c.p:.2g}"
+        elif b.ci99 is not None and n.ci99 is not None and b.value and n.value:
+            c.kind = "timed"
+            c.ratio = (b.value / n.value) if hb else (n.value / b.value)
+            significant = n.ci99[0] > b.ci99[1] or n.ci99[1] < b.ci99[0]
+            basis = "99% CIs " + ("apart" if significant else "overlap")
+        else:
+            rep.untested += 1
+            continue
+        if not same_machine:
+            c.verdict, c.why = "not comparable", "different machines"
+        elif significant and c.ratio > threshold:
+            c.verdict, c.why = "slower", f"ratio {c.ratio:.3f} > {threshold:g}, {basis}"
+        elif significant and c.ratio < 1.0 / threshold:
+            c.verdict, c.why = "faster", f"ratio {c.ratio:.3f} < {1 / threshold:.3f}, {basis}"
+        else:
+            c.verdict = "same"
+            c.why = basis if not significant else f"significant but within {threshold:g} ({basis})"
+        rep.rows.append(c)
+    if not rep.rows or all(r.verdict == "not comparable" for r in rep.rows):
+        raise _usage("nothing comparable: every common measurement lacks samples or a deterministic value"
+                     + ("; " + "; ".join(rep.notes) if rep.notes else ""))
+    return rep
+
+
+# -- output --------------------------------------------------------------------------------------------
+
+def _fmt(v: Optional[float]) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and (abs(v) >= 1e5 or (abs(v) < 1e-3 and v != 0)):
+        return f"{v:.3g}"
+    return f"{v:.4g}"
+
+
+def _table(rep: Report) -> Tuple[List[str], List[List[str]]]:
+    head = ["suite", "case", "backend", "metric", "base", "new", "ratio", "95% CI", "p", "verdict"]
+    body = []
+    for r in sorted(rep.rows, key=lambda r: (not r.failed, str(r.label.get("suite")), r.name(),
+                                              str(r.label.get("metric")))):
+        ci = f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}]" if math.isfinite(r.ci_lo) else "-"
+        body.append([str(r.label.get("suite") or ""), r.name(), str(r.label.get("backend") or ""),
+                     str(r.label.get("metric")), _fmt(r.base), _fmt(r.new),
+                     f"{r.ratio:.3f}" if math.isfinite(r.ratio) else "-", ci,
+                     f"{r.p:.2g}" if math.isfinite(r.p) else "-", r.verdict])
+    return head, body
+
+
+def format_text(rep: Report) -> str:
+    head, body = _table(rep)
+    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = [f"BASE {rep.base.label}  vs  NEW {rep.new.label}   (threshold {rep.threshold:g}, alpha {rep.alpha:g};"
+             " ratio = new/base normalised so > 1 is worse)"]
+    lines += [f"note: {n}" for n in rep.notes]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+    lines.append("")
+    for s, (g, k) in sorted(rep.geomeans().items()):
+        lines.append(f"geometric-mean ratio {s}: {g:.3f} over {k} timed measurement(s)")
+    lines.append(summary_line(rep))
+    return "\n".join(lines)
+
+
+def summary_line(rep: Report) -> str:
+    counts: Dict[str, int] = {}
+    for r in rep.rows:
+        counts[r.verdict] = counts.get(r.verdict, 0) + 1
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    tail = f"; {rep.untested} derived/single-value row(s) not judged" if rep.untested else ""
+    if rep.failed:
+        worst = ", ".join(f"{r.label.get('case')}/{r.label.get('metric')} ({r.why})" for r in rep.failed[:5])
+        return f"REGRESSION: {len(rep.failed)} of {len(rep.rows)} ({parts}{tail}): {worst}"
+    return f"OK: no regression in {len(rep.rows)} comparison(s) ({parts}{tail})"
+
+
+def format_markdown(rep: Report) -> str:
+    head, body = _table(rep)
+    status = "❌ regression" if rep.failed else "✅ no regression"
+    out = [f"### rnnbench compare: {status}", "",
+           f"BASE `{rep.base.label}` vs NEW `{rep.new.label}`; threshold {rep.threshold:g}, alpha {rep.alpha:g}; "
+           "ratio = new/base, normalised so that > 1 is worse.", ""]
+    out += [f"> note: {n}" for n in rep.notes]
+    if rep.notes:
+        out.append("")
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "|".join("---" for _ in head) + "|")
+    for row in body:
+        row = row[:-1] + [f"**{row[-1]}**" if row[-1] in ("slower", "worse") else row[-1]]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    out.append("")
+    for s, (g, k) in sorted(rep.geomeans().items()):
+        out.append(f"- geometric-mean ratio **{s}**: {g:.3f} ({k} timed)")
+    out.append(f"- {summary_line(rep)}")
+    return "\n".join(out) + "\n"
+
+
+def write_figure(rep: Report, path: str) -> None:
+    """Ratios (normalised, > 1 worse) with their 95 % CIs, one line per timed comparison, log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rep.rows if r.kind == "timed" and math.isfinite(r.ratio)]
+    if not rows:
+        raise _usage("--figure: no timed comparisons to plot")
+    rows.sort(key=lambda r: r.ratio)
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * len(rows) + 1.2)))
+    y = np.arange(len(rows))
+    colors = {"slower": "tab:red", "faster": "tab:green"}
+    for i, r in enumerate(rows):
+        lo = r.ci_lo if math.isfinite(r.ci_lo) else r.ratio
+        hi = r.ci_hi if math.isfinite(r.ci_hi) else r.ratio
+        ax.errorbar(r.ratio, i, xerr=[[max(r.ratio - lo, 0)], [max(hi - r.ratio, 0)]], fmt="o", ms=4,
+                    color=colors.get(r.verdict, "tab:gray"), capsize=2)
+    ax.axvline(1.0, color="k", lw=0.8)
+    for t in (rep.threshold, 1 / rep.threshold):
+        ax.axvline(t, color="tab:red", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r.label.get('backend') or ''} {r.name()} {r.label.get('metric')}"[:70] for r in rows],
+                       fontsize=7)
+    ax.set_xlabel("new / base (ratio of medians, > 1 slower; 95 % bootstrap CI)")
+    ax.set_title(f"{rep.new.label} vs {rep.base.label}", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cli_compare(args) -> int:
+    """``rnnbench compare BASE NEW [--threshold R] [--markdown F] [--figure F]``; returns the exit code."""
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else float(args.threshold)
+    if not (threshold > 1.0 and math.isfinite(threshold)):
+        raise _usage(f"--threshold: got {threshold!r}; a ratio > 1 such as 1.10 (10 % slower fails)")
+    alpha = DEFAULT_ALPHA if args.alpha is None else float(args.alpha)
+    base, new = load_any(args.base), load_any(args.new)
+    if base.kind != new.kind:
+        raise _usage(f"cannot compare a {base.kind} ({args.base}) with a {new.kind} ({args.new}); give two run "
+                     "directories or two asv result files")
+    rep = compare_sets(base, new, threshold, alpha)
+    for n in rep.notes:
+        print(f"rnnbench compare: warning: {n}", file=sys.stderr)
+    print(format_text(rep))
+    if getattr(args, "markdown", None):
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(format_markdown(rep))
+        print(f"markdown: {args.markdown}")
+    if getattr(args, "figure", None):
+        write_figure(rep, args.figure)
+        print(f"figure: {args.figure}")
+    return 1 if rep.failed else 0

@@ -1,0 +1,1 @@
+"""The CI performance gate (``rnnbench gate``): this tree against another revision, timed in one process."""

@@ -1,0 +1,307 @@
+"""Tidy rows on disk: the schema, run metadata, a crash-safe append-only writer, and the loader.
+
+A run directory holds ``rows.jsonl`` (one JSON object per line, one measurement per row) and
+``meta.json`` (seed, preset, git commit, command line, times, machine and versions).
+
+Crash safety: every row is written, flushed and fsynced before the next measurement starts.
+Rows carry ``case_key`` and ``attempt``; when a case has finished, a marker line
+``{"_case_done": key, "attempt": n}`` follows its rows. ``--resume`` skips finished cases and re-runs
+the others with ``attempt + 1``; :func:`load` keeps, for each case, only its latest attempt, so a case
+interrupted and then re-run is neither lost nor duplicated. A torn last line (a kill mid-write) is
+reported and skipped.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import warnings
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+ROWS_FILE = "rows.jsonl"
+META_FILE = "meta.json"
+LOCK_FILE = ".lock"
+
+#: The row schema (DESIGN.md), in column order. ``case_key``/``attempt`` serve resume and dedup.
+COLUMNS = ("run_id", "suite", "case", "backend", "variant", "device", "dtype", "cell", "layers", "batch",
+           "seq_len", "input_size", "hidden_size", "metric", "value", "unit", "n", "q25", "q75", "samples",
+           "status", "reason", "extra", "case_key", "attempt")
+STATUSES = ("ok", "skipped", "error", "oom", "timeout")
+#: Case fields copied into every row of the case.
+CASE_FIELDS = ("suite", "case", "backend", "variant", "device", "dtype", "cell", "layers", "batch", "seq_len",
+               "input_size", "hidden_size")
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be read (missing, empty, corrupted): a usage error."""
+
+
+def _jsonable(v: Any) -> Any:
+    """NumPy scalars/arrays to plain Python; non-finite floats kept (JSON 'NaN'/'Infinity' tokens)."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def make_row(fields: Dict[str, Any], metric: str, value: Optional[float], unit: str, *,
+             samples: Optional[Iterable[float]] = None, q25: Optional[float] = None, q75: Optional[float] = None,
+             n: Optional[int] = None, status: str = "ok", reason: str = "", **extra: Any) -> Dict[str, Any]:
+    """One measurement. ``fields`` are the case's columns (see :data:`CASE_FIELDS`); extra keys go in ``extra``.
+
+    If ``samples`` are given and q25/q75/n are not, they are computed from them.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status: got {status!r}; allowed: {', '.join(STATUSES)}")
+    row: Dict[str, Any] = {k: fields.get(k) for k in CASE_FIELDS}
+    s = None if samples is None else [float(x) for x in samples]
+    if s:
+        arr = np.asarray(s)
+        q25 = float(np.percentile(arr, 25)) if q25 is None else q25
+        q75 = float(np.percentile(arr, 75)) if q75 is None else q75
+        n = len(s) if n is None else n
+    row.update(metric=metric, value=None if value is None else float(value), unit=unit, n=n, q25=q25, q75=q75,
+               samples=s, status=status, reason=str(reason), extra=_jsonable(extra))
+    return row
+
+
+class RowWriter:
+    """Append-only, crash-safe writer of ``rows.jsonl``: each line is flushed and fsynced at once."""
+
+    def __init__(self, run_dir: str, run_id: str) -> None:
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, ROWS_FILE)
+        self.run_id = run_id
+        self._repair_torn_tail()
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def _repair_torn_tail(self) -> None:
+        """If the file ends mid-line (a kill mid-write), end that line so the next row starts clean."""
+        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
+            with open(self.path, "rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+
+    def _write_line(self, obj: Dict[str, Any]) -> None:
+        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def write(self, row: Dict[str, Any]) -> None:
+        out = {"run_id": self.run_id}
+        out.update(_jsonable(row))
+        self._write_line(out)
+
+    def mark_done(self, case_key: str, attempt: int) -> None:
+        self._write_line({"_case_done": case_key, "attempt": int(attempt)})
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "RowWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iter_lines(run_dir: str) -> Iterator[Tuple[int, Optional[dict]]]:
+    """(line number, parsed object or None if unparseable) for every non-empty line of rows.jsonl."""
+    path = os.path.join(run_dir, ROWS_FILE)
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError:
+                yield i, None
+
+
+def scan(run_dir: str) -> Tuple[List[dict], Dict[str, int], Set[str], List[int]]:
+    """Read a run: (rows, latest attempt per case, finished case keys, bad line numbers)."""
+    rows: List[dict] = []
+    latest: Dict[str, int] = {}
+    done: Set[str] = set()
+    bad: List[int] = []
+    for i, obj in iter_lines(run_dir):
+        if obj is None or not isinstance(obj, dict):
+            bad.append(i)
+            continue
+        if "_case_done" in obj:
+            done.add(obj["_case_done"])
+            continue
+        key, att = obj.get("case_key"), int(obj.get("attempt") or 0)
+        if key is not None:
+            latest[key] = max(latest.get(key, 0), att)
+        rows.append(obj)
+    rows = [r for r in rows if r.get("case_key") is None or int(r.get("attempt") or 0) == latest[r["case_key"]]]
+    return rows, latest, done, bad
+
+
+def load(run_dir: str):
+    """A run directory as a pandas DataFrame, one row per measurement, ``extra`` flattened into columns.
+
+    Unparseable lines (a torn last line after a kill) are skipped with a warning; their line numbers
+    are in ``df.attrs["bad_lines"]``. ``df.attrs["meta"]`` holds meta.json (or {}).
+    """
+    import pandas as pd
+
+    if not os.path.isdir(run_dir):
+        raise RunDirError(f"run directory {run_dir!r} does not exist")
+    if not os.path.exists(os.path.join(run_dir, ROWS_FILE)):
+        raise RunDirError(f"run directory {run_dir!r} has no {ROWS_FILE}: not a run (or nothing was recorded)")
+    rows, _, done, bad = scan(run_dir)
+    if bad:
+        warnings.warn(f"{run_dir}/{ROWS_FILE}: skipped {len(bad)} unparseable line(s) {bad[:5]} "
+                      "(a torn write from an interrupted run?)", stacklevel=2)
+    flat = []
+    for r in rows:
+        d = {k: r.get(k) for k in COLUMNS}
+        for k, v in (r.get("extra") or {}).items():
+            d[k if k not in d else f"extra.{k}"] = v
+        d["complete"] = r.get("case_key") in done if r.get("case_key") is not None else True
+        flat.append(d)
+    df = pd.DataFrame(flat, columns=None if flat else list(COLUMNS) + ["complete"])
+    df.attrs["bad_lines"] = bad
+    df.attrs["meta"] = read_meta(run_dir)
+    df.attrs["run_dir"] = run_dir
+    return df
+
+
+# -- metadata --------------------------------------------------------------------------------------------
+
+def git_commit(repo: Optional[str] = None) -> Optional[str]:
+    """HEAD of the repository holding this package (or ``repo``), with ``-dirty`` if it has changes."""
+    repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        sha = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> Dict[str, Optional[str]]:
+    """Installed versions of the packages that matter, read from metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+    out: Dict[str, Optional[str]] = {}
+    for p in ("numpy", "scipy", "pandas", "torch", "jax", "jaxlib", "optax", "flax", "asv", "threadpoolctl"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    from harness.core.system import blas_description
+    blas = blas_description()
+    if blas:
+        out["numpy_blas"] = blas
+    return out
+
+
+def gpu_info() -> Dict[str, Any]:
+    """GPU name/driver/cuDNN where visible (nvidia-smi; torch only if already imported). {} on a CPU machine."""
+    info: Dict[str, Any] = {}
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            name, driver, mem = [s.strip() for s in out.stdout.strip().splitlines()[0].split(",")]
+            info.update(gpu_name=name, gpu_driver=driver, gpu_memory=mem)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                info.setdefault("gpu_name", torch.cuda.get_device_name(0))
+                info["cudnn"] = torch.backends.cudnn.version()
+                info["cuda"] = torch.version.cuda
+        except Exception:
+            pass
+    return info
+
+
+def machine_info() -> Dict[str, Any]:
+    """The machine a run ran on: CPU model, cores, memory, OS, Python, GPU."""
+    from harness.core import system
+    return {"hostname": platform.node(), "cpu": system.cpu_model(), "cores": system.cpu_count(),
+            "memory_bytes": system.mem_total_bytes(),
+            "os": platform.platform(), "python": platform.python_version(), **gpu_info()}
+
+
+def machine_key(meta: Dict[str, Any]) -> str:
+    """A short key that says whether two runs come from comparable machines."""
+    m = meta.get("machine", {})
+    return f"{m.get('cpu')}|{m.get('cores')}|{m.get('gpu_name', '-')}"
+
+
+def portable_path(path: str) -> str:
+    """``path`` relative to the current directory when it lies below it (no machine paths in results)."""
+    if os.path.isabs(path):
+        rel = os.path.relpath(path)
+        if not rel.startswith(".."):
+            return rel
+    return path
+
+
+def portable_argv(argv: Sequence[str]) -> List[str]:
+    """A command line fit for committed results: the program by its name, paths below cwd made relative."""
+    argv = [str(a) for a in argv]
+    if not argv:
+        return argv
+    return [os.path.basename(argv[0])] + [portable_path(a) for a in argv[1:]]
+
+
+def collect_meta(**fields: Any) -> Dict[str, Any]:
+    """meta.json contents: the given fields (seed, preset, argv, ...) plus git commit, machine and versions."""
+    meta = dict(fields)
+    meta.setdefault("start_time", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta["argv"] = portable_argv(meta.get("argv") or sys.argv)
+    meta["git_commit"] = git_commit()
+    meta["machine"] = machine_info()
+    meta["versions"] = package_versions()
+    return _jsonable(meta)
+
+
+def write_meta(run_dir: str, meta: Dict[str, Any]) -> None:
+    """Atomically (write + rename) store meta.json."""
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = os.path.join(run_dir, META_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(meta), f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(run_dir, META_FILE))
+
+
+def read_meta(run_dir: str) -> Dict[str, Any]:
+    path = os.path.join(run_dir, META_FILE)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, OSError) as e:
+        raise RunDirError(f"{path}: unreadable meta.json ({e})") from None
+
+
+def finite_or_none(x: Optional[float]) -> Optional[float]:
+    """``x`` if it is a finite number, else None (for statistics that must skip inf/NaN)."""
+    return x if (x is not None and math.isfinite(x)) else None

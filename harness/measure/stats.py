@@ -1,0 +1,94 @@
+"""Statistics shared by ``compare`` and the gate: bootstrap intervals, rank tests, ratios of medians.
+
+scipy.stats does the tests; the bootstraps are seeded so that the same inputs always give the same interval.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 12345
+
+
+def bootstrap_ratio_ci(base: np.ndarray, new: np.ndarray, confidence: float = 0.95,
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Tuple[float, float]:
+    """Percentile bootstrap CI of median(new)/median(base), resampling each side independently.
+
+    Seeded, so the same inputs always give the same interval. Resamples are drawn in chunks to bound
+    memory when a side holds thousands of samples.
+    """
+    rng = np.random.default_rng(seed)
+    base = np.asarray(base, dtype=float)
+    new = np.asarray(new, dtype=float)
+    out = np.empty(resamples)
+    chunk = max(1, int(4_000_000 // max(len(base), len(new), 1)))
+    for start in range(0, resamples, chunk):
+        k = min(chunk, resamples - start)
+        mb = np.median(base[rng.integers(0, len(base), (k, len(base)))], axis=1)
+        mn = np.median(new[rng.integers(0, len(new), (k, len(new)))], axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[start:start + k] = mn / mb
+    a = (1 - confidence) / 2
+    lo, hi = np.nanpercentile(out, [100 * a, 100 * (1 - a)])
+    return float(lo), float(hi)
+
+
+def mann_whitney_p(base: np.ndarray, new: np.ndarray, alternative: str = "two-sided") -> float:
+    """Mann–Whitney U p-value (``alternative='greater'``: new tends to be larger than base)."""
+    from scipy.stats import mannwhitneyu
+    if len(base) < 2 or len(new) < 2:
+        return math.nan
+    if np.ptp(np.concatenate([base, new])) == 0:
+        return 1.0  # all equal: no evidence of any difference
+    return float(mannwhitneyu(new, base, alternative=alternative).pvalue)
+
+
+def ratio_stats(base: Sequence[float], new: Sequence[float], higher_better: bool = False,
+                alternative: str = "two-sided") -> Dict[str, float]:
+    """Ratio of medians, its 95 % bootstrap CI and the Mann–Whitney p, normalised so > 1 means worse.
+
+    ``alternative='greater'`` tests only for "new is worse" (what a gate needs).
+    """
+    b = np.asarray(base, dtype=float)
+    n = np.asarray(new, dtype=float)
+    b, n = b[np.isfinite(b)], n[np.isfinite(n)]
+    if higher_better:  # compare the reciprocals: time per unit of work
+        b, n = 1.0 / b, 1.0 / n
+    mb, mn = float(np.median(b)), float(np.median(n))
+    ratio = mn / mb if mb > 0 else math.nan
+    lo, hi = bootstrap_ratio_ci(b, n)
+    p = mann_whitney_p(b, n, alternative)
+    return {"ratio": ratio, "ci_lo": lo, "ci_hi": hi, "p": p, "n_base": len(b), "n_new": len(n)}
+
+
+def signed_rank_p(logs: Sequence[float], alternative: str = "greater") -> float:
+    """Wilcoxon signed-rank p-value that the values are centred above 0 (``alternative='greater'``).
+
+    For paired comparisons: ``logs`` are log(new/base) ratios of matched pairs (or of whole processes).
+    Exact for small samples (scipy's default); zeros carry no evidence and are dropped (Wilcoxon's rule).
+    """
+    from scipy.stats import wilcoxon
+    d = np.asarray(logs, dtype=float)
+    d = d[np.isfinite(d) & (d != 0)]
+    if len(d) < 2:
+        return math.nan
+    return float(wilcoxon(d, alternative=alternative).pvalue)
+
+
+def bootstrap_median_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = BOOTSTRAP_SEED) -> Tuple[float, float]:
+    """Percentile bootstrap CI of the median of one sample (seeded: same inputs, same interval)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    med = np.median(v[rng.integers(0, len(v), (resamples, len(v)))], axis=1)
+    a = (1 - confidence) / 2
+    lo, hi = np.percentile(med, [100 * a, 100 * (1 - a)])
+    return float(lo), float(hi)
+
+

@@ -1,0 +1,674 @@
+"""Run suites' cases with isolation, timeouts, progress and resume: the engine of ``rnnbench run``.
+
+- Cases come from ``suite.cases(preset, backends, device)``; those of a backend that cannot run here become
+  one ``skipped`` row each (with the probe's reason) and nothing is run for them.
+- Isolation: the cases of one backend family run in one worker process (``multiprocessing`` *spawn*: CUDA
+  and JAX are not fork-safe). The worker runs ``suite.run(case, ctx)`` and sends each row as soon as it is
+  yielded; the parent writes it (flushed, fsynced) and only then lets the worker go on. A case that exceeds
+  its time limit gets the worker killed and a ``timeout`` row; a worker that dies (segfault, ``os._exit``)
+  gives an ``error`` row with the exit code or signal; a ``MemoryError`` (or a device out-of-memory error)
+  an ``oom`` row; any other exception an ``error`` row ``Type: message`` with the traceback's last lines in
+  ``extra``. Then the run goes on, with a fresh worker where the old one was lost.
+- Resume: finished cases (those with a done-marker in ``rows.jsonl``) are skipped; the others are re-run with
+  ``attempt + 1``, and :func:`harness.measure.records.load` keeps only the latest attempt of each case.
+- One run per directory: ``DIR/.lock`` holds the owner's pid (created with ``O_EXCL``); a live owner makes a
+  second run refuse, a dead one's lock is taken over.
+- Ctrl-C (or SIGTERM) kills the worker, keeps everything written, prints how to resume; exit code 130.
+
+Per-case time limit (seconds): ``--timeout`` if given, else ``case.settings["timeout_s"]``, else the suite's
+``timeout_s`` attribute (a number, or a dict preset -> number), else :data:`DEFAULT_TIMEOUT_S` by preset.
+"""
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import importlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from harness.core.errors import UsageError
+from harness.measure.records import (LOCK_FILE, ROWS_FILE, RowWriter, collect_meta, portable_argv, read_meta, scan,
+                             write_meta)
+
+#: Per-case time limit (seconds) by preset when neither --timeout, the case nor the suite says otherwise.
+DEFAULT_TIMEOUT_S = {"smoke": 300.0, "quick": 900.0, "full": 3600.0}
+FALLBACK_TIMEOUT_S = 1800.0
+#: Seconds a fresh worker may take to start (interpreter + imports) before it counts as failed.
+WORKER_START_TIMEOUT_S = 120.0
+#: Lines of traceback kept in an error row's extra.
+TRACEBACK_LINES = 12
+DEFAULT_PRESET = "quick"
+DEFAULT_SEED = 0
+
+
+# -- names ---------------------------------------------------------------------------------------------
+
+def resolve_suite(name: str) -> Tuple[str, str, Any]:
+    """(module, attribute, suite object) for a suite name, or for ``module:ATTR`` naming a plug-in suite."""
+    from suites import base
+
+    if ":" in name:
+        module, attr = name.split(":", 1)
+    elif name in base.SUITE_MODULES:
+        module, attr = base.SUITE_MODULES[name], "SUITE"
+    else:
+        present = base.existing_suites()
+        raise UsageError(f"suite: got {name!r}; allowed: {', '.join(present) or '(none present)'} "
+                         "or module:ATTR")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if ":" not in name and e.name == module:
+            raise UsageError(f"suite {name!r} is not present in this tree (present: "
+                             f"{', '.join(base.existing_suites()) or 'none'})") from None
+        raise UsageError(f"suite {name!r}: cannot import {module!r}: {e}") from None
+    suite = getattr(mod, attr, None)
+    if suite is None or not (hasattr(suite, "cases") and hasattr(suite, "run")):
+        raise UsageError(f"suite {name!r}: {module}:{attr} is not a suite (needs cases() and run())")
+    return module, attr, suite
+
+
+def check_backends(names: Sequence[str]) -> List[str]:
+    """The backend names, validated: registry names (built-ins, entry points) or ``module:Class`` plug-ins."""
+    from implementations import registry as reg
+
+    allowed = reg.names()
+    out = []
+    for b in names:
+        if not isinstance(b, str) or not b or (b not in allowed and ":" not in b):
+            raise UsageError(f"--backend: got {b!r}; allowed: {', '.join(allowed)} or module:Class")
+        if b not in out:
+            out.append(b)
+    return out
+
+
+def case_timeout(case, suite, preset: str, override: Optional[float]) -> float:
+    """The per-case time limit in seconds (see the module docstring for the order)."""
+    if override is not None:
+        return float(override)
+    t = (case.settings or {}).get("timeout_s")
+    if t is None:
+        t = getattr(suite, "timeout_s", None)
+        if isinstance(t, dict):
+            t = t.get(preset)
+    if t is None:
+        t = DEFAULT_TIMEOUT_S.get(preset, FALLBACK_TIMEOUT_S)
+    return float(t)
+
+
+# -- the run directory and its lock --------------------------------------------------------------------
+
+def _utc_stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def default_out(preset: str) -> str:
+    return os.path.join("results", "runs", f"{_utc_stamp()}-{preset}")
+
+
+def prepare_out(out: str) -> str:
+    """Create ``out`` if needed; UsageError if it is a file or cannot be written."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out: {out!r} exists and is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out: cannot create {out!r}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: {out!r} is not writable")
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed but not yet reaped process is a zombie: it holds nothing any more
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def acquire_lock(run_dir: str, log=print) -> str:
+    """Create ``run_dir/.lock`` holding our pid; refuse if a live process holds it; take over a stale one."""
+    path = os.path.join(run_dir, LOCK_FILE)
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    text = f.read().strip()
+            except FileNotFoundError:
+                continue
+            pid = int(text) if text.isdigit() else None
+            if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                raise UsageError(f"run directory in use by pid {pid} ({path}); wait for it or choose another --out")
+            log(f"taking over the stale lock of {'pid ' + str(pid) if pid else 'an unknown process'} "
+                f"(no longer running): {path}")
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return path
+    raise UsageError(f"could not lock {path}: another process keeps taking it")
+
+
+def release_lock(path: str) -> None:
+    """Remove the lock if it is still ours."""
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# -- the worker process --------------------------------------------------------------------------------
+
+def _looks_like_oom(e: BaseException) -> bool:
+    """MemoryError, torch.cuda.OutOfMemoryError, XLA RESOURCE_EXHAUSTED and the like."""
+    if isinstance(e, MemoryError):
+        return True
+    text = f"{type(e).__name__} {e}".lower()
+    return "outofmemory" in text or "out of memory" in text or "resource_exhausted" in text
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Worker side: exit at once if the parent disappears (SIGKILL of the run) instead of running on."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(70)
+
+
+def _worker_main(conn, ctx, threads: int, parent_pid: int) -> None:
+    """Entry point of a worker process: receive cases, run them, stream rows back (each acknowledged)."""
+    # Ctrl-C goes to the whole process group; the parent decides what happens, the worker must not.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from harness.measure import threads as th
+    th.apply_in_worker(threads)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    conn.send(("ready", os.getpid()))
+    suites: Dict[Tuple[str, str], Any] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] != "case":
+            return
+        _, module, attr, case = msg
+        try:
+            suite = suites.get((module, attr))
+            if suite is None:
+                suite = suites[(module, attr)] = getattr(importlib.import_module(module), attr)
+            # The registry's one instance per backend and process, threads set once: the settings are
+            # process-wide (torch.set_num_threads, threadpoolctl) and the suites use the same instance.
+            from implementations import registry
+            registry.instance(case.backend, case.device, threads)
+            for row in suite.run(case, ctx):
+                if not isinstance(row, dict):
+                    raise TypeError(f"suite {suite.name!r} yielded {type(row).__name__}; expected a row dict")
+                conn.send(("row", row))
+                if conn.recv() != "ack":
+                    return
+            conn.send(("done",))
+        except BaseException as e:  # noqa: BLE001 - every failure of a case becomes a row
+            status = "oom" if _looks_like_oom(e) else "error"
+            tb = traceback.format_exception(type(e), e, e.__traceback__)
+            tail = "".join(tb).rstrip().splitlines()[-TRACEBACK_LINES:]
+            message = f"{type(e).__name__}: {e}"
+            del e, tb
+            try:
+                conn.send(("fail", status, message, tail))
+            except Exception:
+                os._exit(71)
+
+
+class _WorkerLost(Exception):
+    """The worker process ended (or never started) unexpectedly."""
+
+
+class _Worker:
+    """Parent side of one worker process."""
+
+    def __init__(self, mp, ctx, threads: int) -> None:
+        self._parent, child = mp.Pipe()
+        self.proc = mp.Process(target=_worker_main, args=(child, ctx, threads, os.getpid()),
+                               name="rnnbench-worker")
+        self.proc.start()
+        child.close()  # so that the worker's death reads as EOF here
+        if not self._parent.poll(WORKER_START_TIMEOUT_S):
+            self.kill()
+            raise _WorkerLost(f"worker did not start within {WORKER_START_TIMEOUT_S:g} s")
+        try:
+            msg = self._parent.recv()
+        except (EOFError, OSError):
+            raise _WorkerLost(f"worker failed to start ({self.exit_desc()})") from None
+        if msg[0] != "ready":
+            self.kill()
+            raise _WorkerLost(f"worker sent {msg[0]!r} instead of 'ready'")
+
+    def exit_desc(self) -> str:
+        self.proc.join(5)
+        code = self.proc.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (possibly the kernel's out-of-memory killer)" if -code == signal.SIGKILL else ""
+            return f"signal {name}, exit code {code}{hint}"
+        return f"exit code {code}"
+
+    def run_case(self, module: str, attr: str, case, timeout_s: float, on_row) -> Tuple[str, str, list]:
+        """Run one case. ``on_row(row)`` is called (and returns) before the worker may go on.
+
+        Returns ``(outcome, reason, traceback_tail)`` with outcome ``done``, ``fail-error``, ``fail-oom``,
+        ``timeout`` or ``died``; after ``timeout`` and ``died`` the worker is gone.
+        """
+        conn = self._parent
+        try:
+            conn.send(("case", module, attr, case))
+        except (BrokenPipeError, OSError):
+            return "died", f"worker process died before the case ({self.exit_desc()})", []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                return "timeout", f"exceeded the per-case time limit of {timeout_s:g} s (worker killed)", []
+            if not conn.poll(0):
+                multiprocessing.connection.wait([conn, self.proc.sentinel], timeout=min(remaining, 1.0))
+                if not conn.poll(0):
+                    if not self.proc.is_alive():
+                        return "died", f"worker process died while running the case ({self.exit_desc()})", []
+                    continue
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return "died", f"worker process died while running the case ({self.exit_desc()})", []
+            if msg[0] == "row":
+                on_row(msg[1])
+                try:
+                    conn.send("ack")
+                except (BrokenPipeError, OSError):
+                    return "died", f"worker process died while running the case ({self.exit_desc()})", []
+            elif msg[0] == "done":
+                return "done", "", []
+            elif msg[0] == "fail":
+                _, status, message, tail = msg
+                return f"fail-{status}", message, tail
+
+    def stop(self) -> None:
+        try:
+            self._parent.send(("stop",))
+        except OSError:
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.kill()
+        self._parent.close()
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(10)
+
+
+# -- progress ------------------------------------------------------------------------------------------
+
+class _Progress:
+    """A tqdm bar on stderr (case name, ETA), or one plain line per finished case."""
+
+    def __init__(self, total: int, bar: bool) -> None:
+        self.total, self.i, self.t0 = total, 0, time.monotonic()
+        self.bar = None
+        if bar and total:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, file=sys.stderr, unit="case", dynamic_ncols=True, leave=True)
+            except ImportError:
+                self.bar = None
+
+    def start(self, case) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(f"{case.suite}/{case.backend} {case.name}"[:60])
+
+    def finish(self, case, status: str, nrows: int, secs: float, reason: str = "") -> None:
+        self.i += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if status not in ("ok", "skipped"):
+                self.bar.write(f"{case.key}: {status}: {reason}"[:300], file=sys.stderr)
+            return
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed / self.i * (self.total - self.i)
+        tail = f": {reason}" if reason and status != "ok" else ""
+        print(f"[{self.i}/{self.total}] {case.key}: {status} ({nrows} rows, {secs:.1f} s; ETA {eta:.0f} s){tail}"
+              [:400], flush=True)
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- the run -------------------------------------------------------------------------------------------
+
+def _case_status(statuses: List[str]) -> str:
+    for s in ("timeout", "oom", "error"):
+        if s in statuses:
+            return s
+    if statuses and all(s == "skipped" for s in statuses):
+        return "skipped"
+    return "ok"
+
+
+def _counts(run_dir: str) -> Dict[str, int]:
+    rows, _, _, _ = scan(run_dir)
+    return dict(collections.Counter(r.get("status") or "ok" for r in rows))
+
+
+def _resolve_settings(resume: bool, meta: Dict[str, Any], **given: Any) -> Dict[str, Any]:
+    """On resume, options not given come from meta.json; given ones that change the numbers must match."""
+    out = dict(given)
+    if not (resume and meta):
+        return out
+    for k in ("suites", "backends", "preset", "device", "threads", "seed"):
+        if out.get(k) is None:
+            out[k] = meta.get(k)
+        elif k in ("preset", "device", "threads", "seed") and meta.get(k) is not None and out[k] != meta[k]:
+            raise UsageError(f"--{k}: got {out[k]!r} but the run being resumed used {meta[k]!r}; "
+                             "a resumed run keeps its settings (leave the option out)")
+    return out
+
+
+def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str] = None,
+               backends: Optional[Sequence[str]] = None, device: Optional[str] = None, out: Optional[str] = None,
+               resume: bool = False, threads: Optional[int] = None, seed: Optional[int] = None,
+               timeout: Optional[float] = None, budget: Optional[float] = None, progress: Optional[bool] = None,
+               argv: Optional[Sequence[str]] = None, next_hint: bool = True) -> str:
+    """Run the cases of ``suite_names`` and record them in ``out``; return the run directory.
+
+    Args:
+        suite_names: suites (``throughput``, ...; or ``module:ATTR``); default: every suite present.
+        preset: ``smoke``, ``quick`` (default) or ``full`` (or a suite's own).
+        backends: backend names (``numpy``, ``torch``, ..., family names, ``module:Class``); default: all known.
+        device: ``cpu`` (default) or ``cuda``.
+        out: run directory; default ``results/runs/<UTC timestamp>-<preset>``.
+        resume: finish the run in ``out``: skip finished cases, re-run the others (options default to the run's).
+        threads: intra-op threads for every backend (default: all cores this process may use).
+        seed: seed of every weight and input (default 0).
+        timeout: per-case limit in seconds (default: see the module docstring).
+        budget: seconds of timed repeats per measurement, passed to the suites (None: theirs).
+        progress: True: tqdm bar; False: plain lines; None: a bar if stderr is a terminal.
+        argv: the command line, for meta.json.
+        next_hint: end the summary with the ``rnnbench report`` command to run next.
+
+    Raises:
+        UsageError: bad names, a bad ``out``, a directory in use. KeyboardInterrupt after a clean stop.
+    """
+    from implementations import registry as reg
+    from harness.measure import threads as th
+    from implementations.base import DEVICES
+    from suites import base as suite_base
+
+    if out is not None and resume:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"--out: {out!r} exists and is not a directory")
+    meta_old = read_meta(out) if (resume and out and os.path.isdir(out)) else {}
+    if resume and out is None:
+        raise UsageError("--resume needs --out DIR (the run to finish)")
+    s = _resolve_settings(resume, meta_old, suites=list(suite_names) if suite_names else None,
+                          backends=list(backends) if backends else None, preset=preset, device=device,
+                          threads=threads, seed=seed)
+    preset = s["preset"] or DEFAULT_PRESET
+    device = s["device"] or "cpu"
+    seed = DEFAULT_SEED if s["seed"] is None else s["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"--seed: got {seed!r}; expected an integer")
+    try:
+        threads = th.check_threads(s["threads"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if device not in DEVICES:
+        raise UsageError(f"--device: got {device!r}; allowed: {', '.join(DEVICES)}")
+    for name, v in (("--timeout", timeout), ("--budget", budget)):
+        if v is not None and not (isinstance(v, (int, float)) and v > 0):
+            raise UsageError(f"{name}: got {v!r}; expected a number of seconds > 0")
+
+    names = s["suites"] or suite_base.existing_suites()
+    if not names:
+        raise UsageError("no suite is present in this tree (expected modules under suites/)")
+    resolved = [(n,) + resolve_suite(n) for n in dict.fromkeys(names)]
+    allowed_presets = list(dict.fromkeys(p for _, _, _, su in resolved for p in getattr(su, "presets", ())))
+    if preset not in allowed_presets:
+        raise UsageError(f"--preset: got {preset!r}; allowed: {', '.join(allowed_presets)}")
+    for n, _, _, su in resolved:
+        if preset not in su.presets:
+            raise UsageError(f"--preset: suite {n!r} has no preset {preset!r}; it has: {', '.join(su.presets)}")
+    unavailable: Dict[str, str] = {}
+    if s["backends"]:
+        backend_names = check_backends(s["backends"])
+    else:
+        # Nothing named: every backend that runs here. The others are listed once (meta.json and a message),
+        # not as a skipped row per case; a backend named explicitly but unavailable gets those rows.
+        backend_names = []
+        for n in reg.names():
+            info = reg.describe(n, device)
+            if info.available:
+                backend_names.append(n)
+            else:
+                unavailable[n] = info.reason
+
+    # Cases (cheap and deterministic; no framework import).
+    cases: List[Tuple[Any, str, str, Any]] = []
+    seen = set()
+    for n, module, attr, su in resolved:
+        try:
+            suite_cases = su.cases(preset, list(backend_names), device)
+        except ValueError as e:
+            raise UsageError(f"suite {n!r}: {e}") from None
+        for c in suite_cases:
+            if c.key not in seen:
+                seen.add(c.key)
+                cases.append((c, module, attr, su))
+
+    out = out or default_out(preset)
+    prepare_out(out)
+    has_rows = os.path.exists(os.path.join(out, ROWS_FILE)) and os.path.getsize(os.path.join(out, ROWS_FILE)) > 0
+    if has_rows and not resume:
+        raise UsageError(f"--out: {out!r} already holds a run; add --resume to finish it, or choose a new directory")
+    lock = acquire_lock(out)
+    try:
+        return _run_locked(out, lock, cases, meta_old, preset=preset, device=device, seed=seed, threads=threads,
+                           timeout=timeout, budget=budget, progress=progress, argv=argv, resume=resume,
+                           suites=[n for n, *_ in resolved], backends=backend_names, next_hint=next_hint,
+                           unavailable=unavailable)
+    finally:
+        release_lock(lock)
+
+
+def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, threads, timeout, budget,
+                progress, argv, resume, suites, backends, next_hint=True, unavailable=None) -> str:
+    from implementations import registry as reg
+    from harness.measure import threads as th
+    from suites.base import RunContext
+
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if meta_old:
+        meta = dict(meta_old)
+        meta.setdefault("resumed", []).append({"time": now, "argv": portable_argv(argv or sys.argv)})
+        meta.pop("end_time", None)
+        meta.setdefault("run_id", f"{_utc_stamp()}-{preset}")
+        meta["status"] = "running"
+    else:
+        meta = collect_meta(run_id=f"{_utc_stamp()}-{preset}", seed=seed, preset=preset, suites=suites,
+                            backends=backends, device=device, threads=threads, argv=list(argv or sys.argv),
+                            timeout_s=timeout, budget_s=budget, thread_settings=th.describe(threads),
+                            status="running", unavailable_backends=dict(unavailable or {}))
+    write_meta(out, meta)
+
+    if resume and os.path.exists(os.path.join(out, ROWS_FILE)):
+        _, latest, done, bad = scan(out)
+    else:
+        latest, done, bad = {}, set(), []
+    todo = [t for t in cases if t[0].key not in done]
+    ctx = RunContext(seed=seed, threads=threads, budget_s=budget, preset=preset, run_dir=os.path.abspath(out))
+    bar = sys.stderr.isatty() if progress is None else bool(progress)
+    prog = _Progress(len(todo), bar)
+    if resume:
+        prog.message(f"resuming {out}: {len(cases) - len(todo)} case(s) already finished, {len(todo)} to run"
+                     + (f" ({len(bad)} torn line(s) ignored)" if bad else ""))
+
+    if unavailable:
+        prog.message("not available here (left out): " + "; ".join(f"{n}: {r}" for n, r in unavailable.items()))
+    probes: Dict[Tuple[str, str], Any] = {}
+    for c, *_ in todo:
+        if (c.backend, c.device) not in probes:
+            probes[(c.backend, c.device)] = reg.describe(c.backend, c.device)
+    meta["backend_versions"] = {f"{b}@{d}": i.versions for (b, d), i in probes.items() if i.available}
+    meta["backend_capabilities"] = {f"{b}@{d}": i.capabilities for (b, d), i in probes.items() if i.available}
+    write_meta(out, meta)
+
+    writer = RowWriter(out, meta["run_id"])
+    old_env = th.set_process_env(threads)  # inherited by the spawned workers before they import anything
+    mp = multiprocessing.get_context("spawn")
+    worker: Optional[_Worker] = None
+    interrupted = False
+    prev_term = None
+    if threading.current_thread() is threading.main_thread():
+        prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        # Unavailable backends first: one skipped row per case, nothing run.
+        runnable = []
+        for t in todo:
+            c = t[0]
+            info = probes[(c.backend, c.device)]
+            if info.available:
+                runnable.append(t)
+                continue
+            attempt = latest.get(c.key, 0) + 1
+            writer.write(_stamp(c.row("status", None, "", status="skipped", reason=info.reason), c, attempt, threads))
+            writer.mark_done(c.key, attempt)
+            prog.finish(c, "skipped", 1, 0.0, info.reason)
+        # Group by family (declared by the backend's class), in order of first appearance; one worker per family.
+        groups: Dict[str, list] = collections.OrderedDict()
+        for t in runnable:
+            info = probes[(t[0].backend, t[0].device)]
+            groups.setdefault(info.family or t[0].backend, []).append(t)
+        for family, items in groups.items():
+            for c, module, attr, su in items:
+                attempt = latest.get(c.key, 0) + 1
+                prog.start(c)
+                t0 = time.monotonic()
+                statuses: List[str] = []
+                reasons: Dict[str, str] = {}  # the first reason given for each status
+
+                def on_row(row, c=c, attempt=attempt, statuses=statuses, reasons=reasons):
+                    writer.write(_stamp(row, c, attempt, threads))
+                    st = row.get("status") or "ok"
+                    statuses.append(st)
+                    if row.get("reason"):
+                        reasons.setdefault(st, str(row["reason"]))
+
+                if worker is None:
+                    try:
+                        worker = _Worker(mp, ctx, threads)
+                    except _WorkerLost as e:
+                        outcome, reason, tail = "died", str(e), []
+                        worker = None
+                    else:
+                        outcome = None
+                else:
+                    outcome = None
+                if worker is not None and outcome is None:
+                    outcome, reason, tail = worker.run_case(module, attr, c, case_timeout(c, su, preset, timeout),
+                                                            on_row)
+                    if outcome in ("timeout", "died"):
+                        worker = None
+                if outcome != "done":
+                    status = {"timeout": "timeout", "fail-oom": "oom"}.get(outcome, "error")
+                    extra = {"traceback": tail} if tail else {}
+                    on_row(c.row("status", None, "", status=status, reason=reason, **extra))
+                writer.mark_done(c.key, attempt)
+                status = _case_status(statuses)
+                prog.finish(c, status, len(statuses), time.monotonic() - t0, reason or reasons.get(status, ""))
+            if worker is not None:
+                worker.stop()
+                worker = None
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        if worker is not None:
+            worker.kill()
+        for p in mp.active_children():  # a worker caught mid-start by Ctrl-C: ours, by its handle
+            p.kill()
+            p.join(5)
+        prog.close()
+        writer.close()
+        th.restore_env(old_env)
+        if prev_term is not None:
+            signal.signal(signal.SIGTERM, prev_term)
+        counts = _counts(out)
+        meta["end_time"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        meta["counts"] = counts
+        meta["cases"] = len(cases)
+        meta["status"] = "interrupted" if interrupted else "complete"
+        write_meta(out, meta)
+        if interrupted:
+            print(f"\ninterrupted: everything finished so far is kept in {out}\n"
+                  f"resume with: rnnbench run --out {out} --resume", file=sys.stderr, flush=True)
+    _print_summary(out, len(cases), len(cases) - len(todo), counts, next_hint)
+    return out
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM (CI cancel) stops as cleanly as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def _stamp(row: Dict[str, Any], case, attempt: int, threads: int) -> Dict[str, Any]:
+    """What the runner adds to every row: the case key, the attempt and the thread count."""
+    row = dict(row)
+    row["case_key"] = case.key
+    row["attempt"] = attempt
+    extra = dict(row.get("extra") or {})
+    extra.setdefault("threads", threads)
+    row["extra"] = extra
+    return row
+
+
+def _print_summary(out: str, ncases: int, nresumed: int, counts: Dict[str, int], next_hint: bool = True) -> None:
+    order = ["ok", "skipped", "error", "oom", "timeout"]
+    parts = [f"{k} {counts[k]}" for k in order if counts.get(k)] + \
+            [f"{k} {v}" for k, v in counts.items() if k not in order]
+    print(f"run finished: {ncases} case(s)" + (f" ({nresumed} from before the resume)" if nresumed else "")
+          + f"; rows: {', '.join(parts) or 'none'}")
+    print(f"run directory: {out}")
+    if next_hint:
+        print(f"next: rnnbench report {out}")

@@ -1,0 +1,1 @@
+"""The jax family of backends."""

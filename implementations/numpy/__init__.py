@@ -1,0 +1,1 @@
+"""The numpy family of backends."""
