@@ -199,14 +199,14 @@ def _load_side(payload: Dict[str, Any]) -> Dict[str, Any]:
         suite = get_suite(payload["suite"])
         tp = sys.modules[type(suite).__module__]
         make_data = getattr(tp, "make_data")
-        from implementations import registry
+        from harness import backends as registry  # the public name: every tree, old or new, has it
         backend = registry.get(payload["backend"], "cpu")
     except Exception as e:  # noqa: BLE001 - reported to the parent, which decides the exit code
         side["import_error"] = f"{type(e).__name__}: {e}"
         return side
     name = payload["backend"]
     backend.set_threads(int(payload["threads"]))
-    mods = ["suites.base", type(suite).__module__, type(backend).__module__, "implementations.registry"]
+    mods = ["suites.base", type(suite).__module__, type(backend).__module__, "harness.backends"]
     side["modules"] = {m: getattr(sys.modules.get(m), "__file__", None) for m in mods}
     cases = [c for c in suite.cases(payload["preset"], [name], "cpu") if c.backend == name]
     pats = payload.get("patterns") or []
