@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
+from harness.core.errors import InputError, InputTypeError
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
@@ -18,18 +19,18 @@ def _int_vector(name: str, v, B: int) -> np.ndarray:
     """A length-``B`` vector of non-negative integers (ints, or integer-valued floats are refused)."""
     a = np.asarray(v)
     if a.ndim == 0:
-        raise ValueError(f"{name}: got a scalar {a.item()!r}; expected one length per batch item, shape ({B},)")
+        raise InputError(f"{name}: got a scalar {a.item()!r}; expected one length per batch item, shape ({B},)")
     if a.ndim != 1:
-        raise ValueError(f"{name}: got shape {a.shape}; expected ({B},)")
+        raise InputError(f"{name}: got shape {a.shape}; expected ({B},)")
     if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"{name}: got dtype {a.dtype}; expected an integer array")
+        raise InputTypeError(f"{name}: got dtype {a.dtype}; expected an integer array")
     if a.shape[0] != B:
-        raise ValueError(f"{name}: has {a.shape[0]} entries but logits have batch size B={B} "
+        raise InputError(f"{name}: has {a.shape[0]} entries but logits have batch size B={B} "
                          "(mismatched batch sizes)")
     neg = np.flatnonzero(a < 0)
     if neg.size:
         b = int(neg[0])
-        raise ValueError(f"{name}: batch item {b} has negative length {int(a[b])}; lengths must be >= 0")
+        raise InputError(f"{name}: batch item {b} has negative length {int(a[b])}; lengths must be >= 0")
     return a.astype(np.int64)
 
 
@@ -49,29 +50,29 @@ def check_ctc_inputs(logits, targets, input_lengths, target_lengths, blank: int 
     """
     x = np.asarray(logits)
     if x.ndim != 3:
-        raise ValueError(f"logits: got shape {x.shape}; expected (T, B, C) = (time, batch, classes)")
+        raise InputError(f"logits: got shape {x.shape}; expected (T, B, C) = (time, batch, classes)")
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"logits: got dtype {x.dtype}; allowed: float32, float64")
+        raise InputTypeError(f"logits: got dtype {x.dtype}; allowed: float32, float64")
     T, B, C = x.shape
     if C < 1:
-        raise ValueError(f"logits: got C={C} classes; need at least 1 (the blank)")
+        raise InputError(f"logits: got C={C} classes; need at least 1 (the blank)")
     if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)) or not 0 <= blank < C:
-        raise ValueError(f"blank: got {blank!r}; allowed: an integer in [0, {C}) (C={C} classes)")
+        raise InputError(f"blank: got {blank!r}; allowed: an integer in [0, {C}) (C={C} classes)")
     il = _int_vector("input_lengths", input_lengths, B)
     tl = _int_vector("target_lengths", target_lengths, B)
     over = np.flatnonzero(il > T)
     if over.size:
         b = int(over[0])
-        raise ValueError(f"input_lengths: batch item {b} has length {int(il[b])} > T={T} (logits' time axis)")
+        raise InputError(f"input_lengths: batch item {b} has length {int(il[b])} > T={T} (logits' time axis)")
 
     tg = np.asarray(targets)
     if tg.dtype == np.bool_ or not (np.issubdtype(tg.dtype, np.integer) or tg.size == 0):
-        raise TypeError(f"targets: got dtype {tg.dtype}; expected an integer array")
+        raise InputTypeError(f"targets: got dtype {tg.dtype}; expected an integer array")
     if tg.ndim == 1:
         # Concatenated form: split by target_lengths into a padded (B, S) array.
         total = int(tl.sum())
         if tg.shape[0] != total:
-            raise ValueError(f"targets: 1-D (concatenated) with {tg.shape[0]} labels, but sum(target_lengths)="
+            raise InputError(f"targets: 1-D (concatenated) with {tg.shape[0]} labels, but sum(target_lengths)="
                              f"{total}; they must match")
         S = int(tl.max()) if B else 0
         padded = np.zeros((B, S), dtype=np.int64)
@@ -80,26 +81,26 @@ def check_ctc_inputs(logits, targets, input_lengths, target_lengths, blank: int 
         tg = padded
     elif tg.ndim == 2:
         if tg.shape[0] != B:
-            raise ValueError(f"targets: has batch size {tg.shape[0]} but logits have B={B} (mismatched batch sizes)")
+            raise InputError(f"targets: has batch size {tg.shape[0]} but logits have B={B} (mismatched batch sizes)")
         tg = tg.astype(np.int64)
     else:
-        raise ValueError(f"targets: got shape {tg.shape}; expected padded (B, S) or concatenated 1-D")
+        raise InputError(f"targets: got shape {tg.shape}; expected padded (B, S) or concatenated 1-D")
     S = tg.shape[1]
     wide = np.flatnonzero(tl > S)
     if wide.size:
         b = int(wide[0])
-        raise ValueError(f"target_lengths: batch item {b} has length {int(tl[b])} > target array width S={S}")
+        raise InputError(f"target_lengths: batch item {b} has length {int(tl[b])} > target array width S={S}")
 
     valid = np.arange(S)[None, :] < tl[:, None]
     for bad, what in (((tg == blank) & valid, f"the blank index {blank}; targets must not contain the blank"),
                       (((tg < 0) | (tg >= C)) & valid, f"a label outside [0, {C}) (C={C} classes)")):
         if bad.any():
             b, s = (int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"targets: batch item {b}, position {s} holds {int(tg[b, s])}, {what}")
+            raise InputError(f"targets: batch item {b}, position {s} holds {int(tg[b, s])}, {what}")
 
     if not np.isfinite(x).all():
         t, b, k = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
-        raise ValueError(f"logits: batch item {b} has a non-finite value {float(x[t, b, k])} at time {t}, class {k}; "
+        raise InputError(f"logits: batch item {b} has a non-finite value {float(x[t, b, k])} at time {t}, class {k}; "
                          "logits must be finite")
     tg = np.where(valid, tg, 0)
     return x, tg, il, tl

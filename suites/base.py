@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
 from harness.measure.records import make_row
+from harness.core.errors import InputError
 
 SUITE_MODULES = {"throughput": "suites.throughput.suite", "memory": "suites.memory.suite",
                  "gradients": "suites.gradients.suite", "ctc": "suites.ctc.suite"}
 PRESETS = ("smoke", "quick", "full")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,18 @@ class Suite:
 
     name: str = "base"
     presets = PRESETS
+    #: A module with ``section(df, fig_dir, **opts) -> str``: this suite's part of the report (None: generic).
+    report_module: Optional[str] = None
 
     def check_preset(self, preset: str) -> None:
         if preset not in self.presets:
-            raise ValueError(f"preset: got {preset!r}; allowed for suite {self.name!r}: {', '.join(self.presets)}")
+            raise InputError(f"preset: got {preset!r}; allowed for suite {self.name!r}: {', '.join(self.presets)}")
+
+    def check_args(self, preset: str, device: str) -> None:
+        """Validate what ``cases`` is given: a preset of this suite, a known device."""
+        self.check_preset(preset)
+        if device not in DEVICES:
+            raise InputError(f"device: got {device!r}; allowed: {', '.join(DEVICES)}")
 
     def cases(self, preset: str, backends: List[str], device: str = "cpu") -> List[Case]:
         raise NotImplementedError
@@ -104,15 +114,18 @@ class Suite:
     def report_section(self, df, fig_dir: str, **opts: Any) -> Optional[str]:
         """This suite's part of the report (Markdown; figures written into ``fig_dir``), from its rows ``df``.
 
-        None (the default) gives a generic table of medians. Options passed: ``baseline``, ``run_dir``, ``meta``.
+        The default calls ``section`` of :attr:`report_module` (None: a generic table of medians). Options
+        passed: ``baseline``, ``run_dir``, ``meta``.
         """
-        return None
+        if not self.report_module:
+            return None
+        return importlib.import_module(self.report_module).section(df, fig_dir, **opts)
 
 
 def get_suite(name: str) -> Suite:
     """The suite called ``name``; ``ValueError`` listing the known ones otherwise."""
     if name not in SUITE_MODULES:
-        raise ValueError(f"suite: got {name!r}; allowed: {', '.join(SUITE_MODULES)}")
+        raise InputError(f"suite: got {name!r}; allowed: {', '.join(SUITE_MODULES)}")
     module = importlib.import_module(SUITE_MODULES[name])
     return module.SUITE
 

@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from harness.core.errors import InputError
 from harness.measure.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_median_ci,  # noqa: F401
                                   bootstrap_ratio_ci, mann_whitney_p, ratio_stats, signed_rank_p)
 
@@ -317,7 +318,7 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
                  alpha: float = DEFAULT_ALPHA) -> Report:
     """Match two result sets and judge every match. Raises UsageError when nothing can be compared."""
     if not (threshold > 1.0):
-        raise ValueError(f"threshold: got {threshold!r}; a ratio > 1 (e.g. 1.10 = 10 % slower)")
+        raise InputError(f"threshold: got {threshold!r}; a ratio > 1 (e.g. 1.10 = 10 % slower)")
     rep = Report(base, new, threshold, alpha)
     same_machine = base.machine == new.machine
     if not same_machine:

@@ -40,16 +40,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def meminfo(key: str) -> Optional[int]:
-    """A field of ``/proc/meminfo`` in bytes (``MemTotal``, ``MemAvailable``, ...), or None where unreadable."""
+def _kib_field(path: str, key: str) -> Optional[int]:
+    """``key:  N kB`` from a /proc file, in bytes, or None where unreadable."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def meminfo(key: str) -> Optional[int]:
+    """A field of ``/proc/meminfo`` in bytes (``MemTotal``, ``MemAvailable``, ...), or None where unreadable."""
+    return _kib_field("/proc/meminfo", key)
 
 
 def mem_total_bytes() -> Optional[int]:
@@ -62,14 +67,7 @@ def mem_available_bytes() -> Optional[int]:
 
 def process_status_bytes(key: str) -> Optional[int]:
     """A memory field of ``/proc/self/status`` in bytes (``VmRSS``, ``VmHWM``), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _kib_field("/proc/self/status", key)
 
 
 def blas_info() -> List[Dict[str, object]]:

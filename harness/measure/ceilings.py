@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+from harness.core.errors import InputError, InputTypeError
 
 FRAMEWORKS = ("numpy", "torch", "jax")
 KINDS = ("gemm_square", "input_gemm", "recurrent")
@@ -102,7 +103,7 @@ def _own_builder(backend):
     def build(kind, shape, device, dtype):
         got = hook(kind, shape, dtype)
         if got is None:
-            raise ValueError(f"backend {backend.name!r}: gemm() gave no {kind} callable for {shape}")
+            raise InputError(f"backend {backend.name!r}: gemm() gave no {kind} callable for {shape}")
         return got if isinstance(got, tuple) else (got, None)
     return build
 
@@ -113,7 +114,7 @@ def _own_builder(backend):
 
 def _numpy_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
     if device != "cpu":
-        raise ValueError(f"device: numpy ceilings run on the CPU only; got {device!r}")
+        raise InputError(f"device: numpy ceilings run on the CPU only; got {device!r}")
     rng = np.random.default_rng(_SEED)
     if kind == "recurrent":
         T, B, I, H, N = shape
@@ -176,7 +177,7 @@ def _jax_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
     import jax.numpy as jnp
 
     if dtype == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("dtype: float64 JAX ceilings need jax_enable_x64 (set by the JAX backend)")
+        raise InputError("dtype: float64 JAX ceilings need jax_enable_x64 (set by the JAX backend)")
     dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
     rng = np.random.default_rng(_SEED)
     hi = jax.lax.Precision.HIGHEST  # no TF32/bf16 passes: same arithmetic as the RNNs
@@ -224,14 +225,14 @@ def measure(framework: str, kind: str, shape: Tuple[int, ...], device: str = "cp
             -> (fn, sync)``.
     """
     if builder is None and framework not in FRAMEWORKS:
-        raise ValueError(f"framework: got {framework!r}; allowed: {', '.join(FRAMEWORKS)}")
+        raise InputError(f"framework: got {framework!r}; allowed: {', '.join(FRAMEWORKS)}")
     if kind not in KINDS:
-        raise ValueError(f"kind: got {kind!r}; allowed: {', '.join(KINDS)}")
+        raise InputError(f"kind: got {kind!r}; allowed: {', '.join(KINDS)}")
     want = 5 if kind == "recurrent" else 3
     if len(shape) != want or any(int(s) < 1 for s in shape):
-        raise ValueError(f"shape: got {shape!r}; {kind} needs {want} positive integers")
+        raise InputError(f"shape: got {shape!r}; {kind} needs {want} positive integers")
     if dtype not in ("float32", "float64"):
-        raise TypeError(f"dtype: got {dtype!r}; allowed: float32, float64")
+        raise InputTypeError(f"dtype: got {dtype!r}; allowed: float32, float64")
     shape = tuple(int(s) for s in shape)
     key = (framework, device, dtype, kind, shape)
     if key in _CACHE:

@@ -122,7 +122,7 @@ def _child(req: Dict[str, Any]) -> Dict[str, Any]:
     got = be.peak_memory(spec, params, x, dy, dfin, algorithm=req["algorithm"], truncation=req["truncation"],
                          **options)
     if not isinstance(got, dict) or not isinstance(got.get("peak_bytes"), (int, float)):
-        raise TypeError(f"backend {req['backend']!r}: peak_memory() must return a dict with 'peak_bytes'; "
+        raise InputTypeError(f"backend {req['backend']!r}: peak_memory() must return a dict with 'peak_bytes'; "
                         f"got {got!r}"[:300])
     return {"status": "ok", "reason": "", "estimate": False, **got}
 

@@ -23,6 +23,7 @@ import warnings
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+from harness.core.errors import InputError
 
 ROWS_FILE = "rows.jsonl"
 META_FILE = "meta.json"
@@ -63,7 +64,7 @@ def make_row(fields: Dict[str, Any], metric: str, value: Optional[float], unit: 
     If ``samples`` are given and q25/q75/n are not, they are computed from them.
     """
     if status not in STATUSES:
-        raise ValueError(f"status: got {status!r}; allowed: {', '.join(STATUSES)}")
+        raise InputError(f"status: got {status!r}; allowed: {', '.join(STATUSES)}")
     row: Dict[str, Any] = {k: fields.get(k) for k in CASE_FIELDS}
     s = None if samples is None else [float(x) for x in samples]
     if s:

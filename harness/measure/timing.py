@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+from harness.core.errors import InputError, InputTypeError
 
 #: A sample should last at least this long (seconds); faster functions are batched.
 MIN_SAMPLE_S = 1e-3
@@ -54,7 +55,7 @@ class Measurement:
 
     def __post_init__(self) -> None:
         if not self.samples:
-            raise ValueError("samples: a Measurement needs at least one sample")
+            raise InputError("samples: a Measurement needs at least one sample")
         arr = np.asarray(self.samples, dtype=float)
         self.median = float(np.median(arr))
         self.q25 = float(np.percentile(arr, 25))
@@ -99,7 +100,7 @@ class Measurement:
 
 def _check_int(name: str, v: Any, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name}: got {v!r}; expected an integer >= {lo}")
+        raise InputError(f"{name}: got {v!r}; expected an integer >= {lo}")
     return int(v)
 
 
@@ -107,7 +108,7 @@ def _check_pos(name: str, v: Any, allow_zero: bool = False) -> float:
     ok = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v) \
         and (v >= 0 if allow_zero else v > 0)
     if not ok:
-        raise ValueError(f"{name}: got {v!r}; expected a finite number {'>= 0' if allow_zero else '> 0'}")
+        raise InputError(f"{name}: got {v!r}; expected a finite number {'>= 0' if allow_zero else '> 0'}")
     return float(v)
 
 
@@ -130,16 +131,16 @@ class Timer:
                  min_runs: int = 5, max_runs: int = 10_000, budget_s: float = 1.0, target_rel_iqr: float = 0.05,
                  min_sample_s: float = MIN_SAMPLE_S, clock: Callable[[], float] = time.perf_counter) -> None:
         if not callable(fn):
-            raise TypeError(f"fn: got {type(fn).__name__}; expected a zero-argument callable")
+            raise InputTypeError(f"fn: got {type(fn).__name__}; expected a zero-argument callable")
         if sync is not None and not callable(sync):
-            raise TypeError(f"sync: got {type(sync).__name__}; expected None or a zero-argument callable")
+            raise InputTypeError(f"sync: got {type(sync).__name__}; expected None or a zero-argument callable")
         self.fn = fn
         self.sync = sync
         self.warmup = _check_int("warmup", warmup, 0)
         self.min_runs = _check_int("min_runs", min_runs, 1)
         self.max_runs = _check_int("max_runs", max_runs, 1)
         if self.max_runs < self.min_runs:
-            raise ValueError(f"max_runs: got {max_runs}; must be >= min_runs ({min_runs})")
+            raise InputError(f"max_runs: got {max_runs}; must be >= min_runs ({min_runs})")
         self.budget_s = _check_pos("budget_s", budget_s)
         self.target_rel_iqr = _check_pos("target_rel_iqr", target_rel_iqr, allow_zero=True)
         self.min_sample_s = _check_pos("min_sample_s", min_sample_s, allow_zero=True)

@@ -33,7 +33,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from harness.core.errors import UsageError
+from harness.core.errors import InputTypeError, UsageError
 from harness.measure.records import (LOCK_FILE, ROWS_FILE, RowWriter, collect_meta, portable_argv, read_meta, scan,
                              write_meta)
 
@@ -224,7 +224,7 @@ def _worker_main(conn, ctx, threads: int, parent_pid: int) -> None:
             registry.instance(case.backend, case.device, threads)
             for row in suite.run(case, ctx):
                 if not isinstance(row, dict):
-                    raise TypeError(f"suite {suite.name!r} yielded {type(row).__name__}; expected a row dict")
+                    raise InputTypeError(f"suite {suite.name!r} yielded {type(row).__name__}; expected a row dict")
                 conn.send(("row", row))
                 if conn.recv() != "ack":
                     return

@@ -33,6 +33,7 @@ from jax.flatten_util import ravel_pytree
 from harness.core.params import Grads, LayerParams, Params
 from harness.core.spec import CellSpec
 from implementations.base import BackendBase
+from harness.core.errors import InputError, InputTypeError
 
 # float64 must be real float64 (JAX silently downcasts to float32 otherwise). Must happen before any array
 # is created, hence at import.
@@ -267,13 +268,13 @@ class JaxBackend(BackendBase):
     def __init__(self, device: str = "cpu", unroll: int = 1, precision: str = "highest", rtrl_chunk: int = 256,
                  hoist: Optional[bool] = None, **options) -> None:
         if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
-            raise ValueError(f"unroll: got {unroll!r}; allowed: an integer >= 1")
+            raise InputError(f"unroll: got {unroll!r}; allowed: an integer >= 1")
         if precision not in PRECISIONS:
-            raise ValueError(f"precision: got {precision!r}; allowed: {', '.join(PRECISIONS)}")
+            raise InputError(f"precision: got {precision!r}; allowed: {', '.join(PRECISIONS)}")
         if isinstance(rtrl_chunk, bool) or not isinstance(rtrl_chunk, (int, np.integer)) or rtrl_chunk < 1:
-            raise ValueError(f"rtrl_chunk: got {rtrl_chunk!r}; allowed: an integer >= 1")
+            raise InputError(f"rtrl_chunk: got {rtrl_chunk!r}; allowed: an integer >= 1")
         if hoist is not None and not isinstance(hoist, (bool, np.bool_)):
-            raise TypeError(f"hoist: got {hoist!r}; allowed: None (automatic), True or False")
+            raise InputTypeError(f"hoist: got {hoist!r}; allowed: None (automatic), True or False")
         self.unroll = int(unroll)
         self.precision = precision
         self.rtrl_chunk = int(rtrl_chunk)
@@ -349,7 +350,7 @@ class JaxBackend(BackendBase):
         GPU execution is unaffected.
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n: got {n!r}; allowed: an integer >= 1")
+            raise InputError(f"n: got {n!r}; allowed: an integer >= 1")
         n = int(n)
         from jax._src import xla_bridge
         if xla_bridge.backends_are_initialized():

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 from harness.core.system import cpu_count
+from harness.core.errors import InputError
 
 #: below this many batch rows per thread the split costs more than it gains
 MIN_ROWS_PER_THREAD = 8
@@ -32,7 +33,7 @@ def set_num_threads(n: Optional[int]) -> None:
     """Threads for the batch-parallel recurrences (None: all cores this process may use)."""
     global _threads
     if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"threads: got {n!r}; allowed: an integer >= 1 or None")
+        raise InputError(f"threads: got {n!r}; allowed: an integer >= 1 or None")
     _threads = n
 
 

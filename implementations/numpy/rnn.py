@@ -355,14 +355,19 @@ def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], d
         del caches
         if s == 0:
             dstate = dst
-        if total is None:
-            total = grads
-        else:
-            for acc, g in zip(total, grads):
-                for n, a in g.items():
-                    getattr(acc, n)[...] += a
+        total = add_layer_grads(total, grads)
         state = final
     return Grads(params=Params(total), dx=dx, dstate=dstate, extra={"algorithm": "tbptt", "truncation": k})
+
+
+def add_layer_grads(total: Optional[List[LayerParams]], grads: List[LayerParams]) -> List[LayerParams]:
+    """``total += grads`` layer by layer, in place (``total`` None: ``grads`` itself)."""
+    if total is None:
+        return grads
+    for acc, g in zip(total, grads):
+        for n, a in g.items():
+            getattr(acc, n)[...] += a
+    return total
 
 
 def hidden_grads(spec: CellSpec, params: Params, x: np.ndarray, dh_T: np.ndarray,

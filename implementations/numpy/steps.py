@@ -25,6 +25,7 @@ import numpy as np
 from harness.core.errors import InputError, InputTypeError
 from harness.core.params import Grads, LayerParams, Params
 from harness.core.spec import CellSpec, State, zero_state
+from implementations.numpy.rnn import add_layer_grads
 
 
 @dataclass(frozen=True)
@@ -174,12 +175,7 @@ def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], d
                                            d_fin if e == T else zero_fin)
         if s == 0:
             dstate = dst
-        if total is None:
-            total = grads
-        else:
-            for acc, g in zip(total, grads):
-                for n, a in g.items():
-                    getattr(acc, n)[...] += a
+        total = add_layer_grads(total, grads)
         state = final
     extra = {"algorithm": "tbptt", "truncation": k} if k < T else {}
     return Grads(params=Params(total), dx=dx, dstate=dstate, extra=extra)

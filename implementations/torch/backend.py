@@ -27,7 +27,7 @@ import torch
 
 from harness.core.params import Grads, LayerParams, Params
 from harness.core.spec import CellSpec
-from harness.core.errors import Unsupported
+from harness.core.errors import InputError, Unsupported
 from implementations.base import BackendBase
 
 _NO_CUDA = "torch.cuda.is_available() is False: no CUDA device"
@@ -320,7 +320,7 @@ class _TorchBase(BackendBase):
 
     def set_threads(self, n: int) -> None:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n: got {n!r}; allowed: an integer >= 1")
+            raise InputError(f"n: got {n!r}; allowed: an integer >= 1")
         torch.set_num_threads(int(n))
 
     def _sync(self) -> None:
@@ -492,7 +492,7 @@ class TorchNativeBackend(TorchBackend):
     def __init__(self, device: str = "cuda", allow_tf32: bool = False, **options) -> None:
         ok, reason = self.probe(device)
         if not ok:
-            raise ValueError(f"device: {self.variant!r} cannot run on {device!r}: {reason}")
+            raise InputError(f"device: {self.variant!r} cannot run on {device!r}: {reason}")
         super().__init__(device, allow_tf32=allow_tf32, **options)
 
     @classmethod

@@ -195,15 +195,10 @@ class CtcSuite(Suite):
     name = "ctc"
     timeout_s = {"smoke": 300, "quick": 600, "full": 1800}
 
-    def report_section(self, df, fig_dir: str, **opts):
-        """The ctc section of the report (:mod:`suites.ctc.report`)."""
-        from suites.ctc import report
-        return report.section(df, fig_dir, **opts)
+    report_module = "suites.ctc.report"
 
     def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
-        self.check_preset(preset)
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device: got {device!r}; allowed: cpu, cuda")
+        self.check_args(preset, device)
         names = _backend_list(backends, device)
         from implementations import registry
         reference = {b for b in names if registry.describe(b, device).capabilities.get("reference")}

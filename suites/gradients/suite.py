@@ -45,7 +45,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from suites.gradients import theory as th
-from harness.core.errors import Unsupported
+from harness.core.errors import InputError, InputTypeError, Unsupported
 from suites.base import Case, RunContext, Suite
 
 def _cell(name: str):
@@ -152,10 +152,7 @@ class GradientsSuite(Suite):
 
     name = "gradients"
 
-    def report_section(self, df, fig_dir: str, **opts):
-        """The gradients section of the report (:mod:`suites.gradients.report`)."""
-        from suites.gradients import report
-        return report.section(df, fig_dir, **opts)
+    report_module = "suites.gradients.report"
 
     # -- cases --------------------------------------------------------------------------------------
     def cases(self, preset: str, backends: List[str], device: str = "cpu") -> List[Case]:
@@ -165,9 +162,8 @@ class GradientsSuite(Suite):
         self.check_preset(preset)
         if isinstance(backends, str) or not isinstance(backends, (list, tuple)) \
                 or not all(isinstance(b, str) and b for b in backends):
-            raise TypeError(f"backends: got {backends!r}; allowed: a list of backend names")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device: got {device!r}; allowed: cpu, cuda")
+            raise InputTypeError(f"backends: got {backends!r}; allowed: a list of backend names")
+        self.check_args(preset, device)
         cfg = PRESET_CONFIG[preset]
         common = dict(suite=self.name, layers=1, batch=cfg.batch, seq_len=cfg.T, input_size=cfg.input_size,
                       hidden_size=cfg.hidden)
@@ -226,7 +222,7 @@ class GradientsSuite(Suite):
 
     def _run(self, case: Case, ctx: RunContext) -> Iterator[Dict[str, Any]]:
         if case.suite != self.name:
-            raise ValueError(f"case: belongs to suite {case.suite!r}, not {self.name!r}")
+            raise InputError(f"case: belongs to suite {case.suite!r}, not {self.name!r}")
         preset = ctx.preset if ctx.preset in PRESET_CONFIG else "quick"
         cfg = PRESET_CONFIG[preset]
         kind = case.settings.get("kind")
@@ -235,7 +231,7 @@ class GradientsSuite(Suite):
             yield from self._run_linear(case, cfg, seed)
             return
         if kind not in ("sweep", "agree"):
-            raise ValueError(f"case.settings['kind']: got {kind!r}; allowed: sweep, agree, linear")
+            raise InputError(f"case.settings['kind']: got {kind!r}; allowed: sweep, agree, linear")
         _cell(case.cell)  # InputError naming the known cells
         from implementations import registry
         backend = registry.instance(case.backend, case.device)

@@ -189,17 +189,12 @@ class MemorySuite(Suite):
     name = "memory"
     timeout_s = {"smoke": 120.0, "quick": 300.0, "full": 3600.0}
 
-    def report_section(self, df, fig_dir: str, **opts):
-        """The memory section of the report (:mod:`suites.memory.report`)."""
-        from suites.memory import report
-        return report.section(df, fig_dir, **opts)
+    report_module = "suites.memory.report"
 
     def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
         """One case per point and backend; then one ``summary`` case per backend, last."""
         from implementations import registry
-        self.check_preset(preset)
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device: got {device!r}; allowed: cpu, cuda")
+        self.check_args(preset, device)
         names = list(dict.fromkeys(backends or DEFAULT_BACKENDS))
         out: List[Case] = []
         summaries: List[str] = []

@@ -45,7 +45,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from harness.core.errors import Unsupported
+from harness.core.errors import InputError, Unsupported
 from suites.base import Case, RunContext, Suite
 from suites.equivalence import (CHECK_MAX_T, REL_TOL, CaseData, equivalence_error,  # noqa: F401 - the gate
                                 make_data)  # reads these from the throughput suite's module
@@ -139,7 +139,7 @@ def preset_shapes(preset: str, device: str = "cpu") -> List[Shape]:
                 shapes += _deepbench(DEEPBENCH_TRAIN_CPU, "deepbench-train", MODES, 150)
                 shapes += _deepbench(DEEPBENCH_INFER_CPU, "deepbench-inference", ("fwd",), 150)
     else:
-        raise ValueError(f"preset: got {preset!r}; allowed for suite 'throughput': smoke, quick, full")
+        raise InputError(f"preset: got {preset!r}; allowed for suite 'throughput': smoke, quick, full")
     merged: Dict[str, Shape] = {}
     for s in shapes:
         if s.name in merged:
@@ -205,16 +205,11 @@ class ThroughputSuite(Suite):
 
     name = "throughput"
 
-    def report_section(self, df, fig_dir: str, **opts):
-        """The throughput section of the report (:mod:`suites.throughput.report`)."""
-        from suites.throughput import report
-        return report.section(df, fig_dir, **opts)
+    report_module = "suites.throughput.report"
 
     def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
         """Cases of ``preset`` for each backend name (see the module docstring for what each preset holds)."""
-        self.check_preset(preset)
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device: got {device!r}; allowed: cpu, cuda")
+        self.check_args(preset, device)
         out: List[Case] = []
         names = list(dict.fromkeys(backends or DEFAULT_BACKENDS))
         anchors = {b: _anchors_only(b, device) for b in names}
