@@ -29,24 +29,16 @@ import numpy as np
 from harness.core.errors import InputError, InputTypeError, Unsupported
 from harness.core.params import Grads, Params
 from harness.core.system import cpu_count  # noqa: F401 - public name of old
-from harness.core.spec import (CellSpec, State, check_hidden_cotangent, check_output_cotangent, check_sequence,
+from harness.core.spec import (ALGORITHMS, check_algorithm_args,  # noqa: F401 - ALGORITHMS public
+                              CellSpec, State, check_hidden_cotangent, check_output_cotangent, check_sequence,
                           check_state)
 
-ALGORITHMS = ("bptt", "rtrl", "tbptt")
 DEVICES = ("cpu", "cuda")
 
 
 def check_algorithm(algorithm: str, truncation, offered: Tuple[str, ...], backend: str) -> Optional[int]:
     """Validate ``algorithm``/``truncation``; raise :class:`Unsupported` if ``backend`` lacks it."""
-    if algorithm not in ALGORITHMS:
-        raise InputError(f"algorithm: got {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
-    if algorithm == "tbptt":
-        if truncation is None or isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)) \
-                or truncation < 1:
-            raise InputError(f"truncation: got {truncation!r}; algorithm='tbptt' needs an integer k >= 1")
-        truncation = int(truncation)
-    elif truncation is not None:
-        raise InputError(f"truncation: got {truncation!r}; only meaningful with algorithm='tbptt'")
+    truncation = check_algorithm_args(algorithm, truncation)
     if algorithm not in offered:
         raise Unsupported(f"backend {backend!r} does not offer algorithm={algorithm!r} "
                           f"(it offers: {', '.join(offered)})")

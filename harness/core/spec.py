@@ -98,6 +98,24 @@ class CellSpec:
         return float(self.definition.recurrent_step_flops(batch, self.hidden_size) * seq_len * self.num_layers)
 
 
+ALGORITHMS = ("bptt", "rtrl", "tbptt")
+
+
+def check_algorithm_args(algorithm: str, truncation) -> Optional[int]:
+    """Validate a gradient algorithm and its truncation: ``tbptt`` needs an integer k >= 1, the others none.
+    Returns the truncation as an int (or None)."""
+    if algorithm not in ALGORITHMS:
+        raise InputError(f"algorithm: got {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+    if algorithm == "tbptt":
+        if truncation is None or isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)) \
+                or truncation < 1:
+            raise InputError(f"truncation: got {truncation!r}; algorithm='tbptt' needs an integer k >= 1")
+        return int(truncation)
+    if truncation is not None:
+        raise InputError(f"truncation: got {truncation!r}; only meaningful with algorithm='tbptt'")
+    return None
+
+
 def check_dtype(dtype) -> np.dtype:
     """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise ``TypeError``."""
     try:

@@ -30,9 +30,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from harness.core.errors import InputError, InputTypeError, RnnbenchError
-from harness.core.spec import CellSpec
+from harness.core.spec import ALGORITHMS, CellSpec, check_algorithm_args  # noqa: F401 - ALGORITHMS public
 
-ALGORITHMS = ("bptt", "rtrl", "tbptt")
 IMPLS = ("backend", "chunked")  # chunked: the reference's chunked tBPTT (its backend's peak_memory knows it)
 
 
@@ -43,15 +42,9 @@ def make_request(backend: str, device: str, cell: str, layers: int, batch: int, 
                  impl: str = "backend", seed: int = 0) -> Dict[str, Any]:
     """A validated measurement request (a plain dict, passed to the child as JSON)."""
     spec = CellSpec(cell, input_size, hidden_size, layers)  # validates the shape fields
-    if algorithm not in ALGORITHMS:
-        raise InputError(f"algorithm: got {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+    check_algorithm_args(algorithm, truncation)
     if impl not in IMPLS:
         raise InputError(f"impl: got {impl!r}; allowed: {', '.join(IMPLS)}")
-    if algorithm == "tbptt":
-        if isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)) or truncation < 1:
-            raise InputError(f"truncation: got {truncation!r}; algorithm='tbptt' needs an integer k >= 1")
-    elif truncation is not None:
-        raise InputError(f"truncation: got {truncation!r}; only meaningful with algorithm='tbptt'")
     for name, v in (("batch", batch), ("seq_len", seq_len)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise InputError(f"{name}: got {v!r}; allowed: an integer >= 1")

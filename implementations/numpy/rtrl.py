@@ -53,6 +53,7 @@ from harness.core.params import Grads, LayerParams, Params
 from harness.core.spec import CellSpec, State, zero_state
 from harness.core import system
 from harness.core.errors import InputError
+from harness.core.spec import check_algorithm_args
 from implementations.numpy import rnn as numpy_rnn
 from implementations.numpy.rnn import sigmoid_
 
@@ -578,6 +579,5 @@ def tbptt_chunked_vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Opti
                       dy: Optional[np.ndarray], d_final_state: Optional[State], truncation: int) -> Grads:
     """Truncated BPTT(k) storing only ``k`` steps at a time: :func:`numpy_rnn.vjp` with ``truncation=k``
     (which is chunked); kept here under this name for the memory suite's callers."""
-    if isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)) or truncation < 1:
-        raise ValueError(f"truncation: got {truncation!r}; allowed: an integer k >= 1")
-    return numpy_rnn.vjp(spec, params, x, state, dy, d_final_state, truncation=int(truncation))
+    k = check_algorithm_args("tbptt", truncation)
+    return numpy_rnn.vjp(spec, params, x, state, dy, d_final_state, truncation=k)
