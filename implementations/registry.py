@@ -85,6 +85,30 @@ def _resolve(name: str) -> Tuple[type, dict]:
     return klass, opts
 
 
+def resolution_problem(name: str) -> Optional[str]:
+    """Why ``module:Class`` does not name a backend class at all (no such module or class, not a BackendBase
+    subclass), or None. A missing *dependency* of an existing module is not such a problem: it is a reason to
+    skip (see :func:`probe`)."""
+    if ":" not in name:
+        return None
+    mod, cls = name.split(":", 1)
+    if not mod or not cls:
+        return "expected module:Class with both parts"
+    try:
+        import importlib.util
+        if importlib.util.find_spec(mod) is None:
+            return f"no module named {mod!r} (is it on PYTHONPATH?)"
+    except (ImportError, ValueError) as e:
+        return f"no module named {mod!r} ({e})"
+    try:
+        _resolve(name)
+    except BackendError as e:
+        return str(e)
+    except ImportError:
+        return None  # the module exists; a dependency is missing: skipped with the reason
+    return None
+
+
 def _missing_reason(name: str, err: ImportError) -> str:
     extra = BUILTIN.get(name, ("", "", {}, ""))[3]
     hint = f" (pip install 'rnnbench[{extra}]')" if extra else ""

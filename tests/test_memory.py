@@ -86,8 +86,10 @@ def test_suite_cases_and_derive(tmp_path):
     # smoke: the reference's sweeps; every other backend two short BPTT points (a fresh process costs seconds)
     for b in {c.backend for c in smoke} - {"numpy"}:
         pts = [c for c in smoke if c.backend == b and c.settings.get("kind") != "summary"]
-        supported = [c for c in pts if c.cell == "rnn_tanh"]
+        supported = [c for c in pts if c.cell == "rnn_tanh"]  # the T sweep; every other cell once, at T=20
+        assert sorted(c.cell for c in pts if c.cell != "rnn_tanh") == ["gru", "lstm", "rnn_relu"]
         assert [c.seq_len for c in supported] == [20, 40] and all(c.settings["algorithm"] == "bptt" for c in pts)
+        assert {(c.hidden_size, c.batch) for c in pts} == {(64, 8)}
     # NumPy runs on the CPU only: named on CUDA, it keeps two points for the runner to record skipped with why
     assert len([c for c in SUITE.cases("quick", ["numpy"], "cuda") if c.settings.get("kind") != "summary"]) <= 2
     with pytest.raises(ValueError, match="preset"):

@@ -229,3 +229,44 @@ def test_a_foreign_backend_gets_what_the_builtins_get(tmp_path):
     assert r.returncode in (0, 1), r.stdout[-3000:] + r.stderr[-3000:]
     assert f"skipped {name} gru-" in r.stdout and reason in r.stdout, r.stdout[-3000:]
     assert "lstm-L1" in r.stdout
+
+
+def test_a_wrong_plugin_is_caught_before_anything_is_measured():
+    """Swapped LSTM gates: every suite that runs the RNN records the disagreement and measures nothing of it."""
+    from suites.base import RunContext
+    from suites.gradients.suite import SUITE as grad
+    from suites.memory.suite import SUITE as mem
+    from suites.throughput.suite import SUITE as tp
+    name = "tests.plugins.acme_backend:SwappedGates"
+    ctx = RunContext(seed=0, threads=1, budget_s=0.01, preset="smoke")
+    for suite in (tp, mem, grad):
+        case = next(c for c in suite.cases("smoke", [name], "cpu") if c.cell == "lstm")
+        rows = list(suite.run(case, ctx))
+        assert rows[0]["metric"] == "equiv_error" and rows[0]["status"] == "error", (suite.name, rows[:2])
+        assert "disagrees with the NumPy reference" in rows[0]["reason"]
+        assert len(rows) == 1, (suite.name, [r["metric"] for r in rows])
+
+
+def test_a_mistyped_plugin_is_a_usage_error(tmp_path):
+    for bad, says in (("tests.plugins.acme_backend:NoSuchClass", "has no class 'NoSuchClass'"),
+                      ("no_such_module_xyz:Thing", "no module named 'no_such_module_xyz'"),
+                      ("tests.plugins.acme_backend:", "both parts")):
+        r = _rnnbench(["run", "throughput", "--preset", "smoke", "--backend", bad, "--out", str(tmp_path / "r"),
+                       "--no-progress"], _env())
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr[-800:])
+        assert not (tmp_path / "r" / "rows.jsonl").exists()
+
+
+def test_a_broken_plugin_cell_module_stops_the_run_with_one_line(tmp_path):
+    for env, says in ((dict(RNNBENCH_PLUGINS="no_such_cells_xyz"), "cannot import plug-in module 'no_such_cells_xyz'"),
+                      (dict(RNNBENCH_PLUGINS="tests.plugins.raises_on_import"), "RuntimeError: broken on purpose")):
+        for args in (["run", "gradients", "--preset", "smoke", "--backend", "numpy", "--out", str(tmp_path / "g")],
+                     ["list"]):
+            r = _rnnbench(args, _env(**env))
+            assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-800:])
+
+
+def test_list_says_what_each_backend_declares():
+    r = _rnnbench(["list", "--device", "cpu", "--capabilities"], _env())
+    assert r.returncode == 0
+    assert "cells rnn_tanh, rnn_relu, lstm, gru; algorithms bptt, rtrl, tbptt" in r.stdout

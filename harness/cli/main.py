@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List every backend and device, whether it runs here, its versions, "
                                    "and for the unavailable ones the reason.")
     p.add_argument("--device", action="append", metavar="DEV", help="only this device (cpu/cuda)")
+    p.add_argument("--capabilities", action="store_true",
+                   help="also what each available backend declares: cells, algorithms, dtypes, CTC, ceilings")
     _add_run(sub)
     _add_report(sub)
     _add_compare(sub)
@@ -152,12 +154,19 @@ def cmd_list(args) -> int:
     for d in devices:
         if d not in backends.DEVICES:
             raise UsageError(f"--device: got {d!r}; allowed: {', '.join(backends.DEVICES)}")
+    from harness.core import cells
+    cells.load_plugins()  # a broken plug-in cell module: one line, exit 2
     infos = backends.available(devices)
     width = max(len(i.name) for i in infos)
     for i in infos:
         mark = "yes" if i.available else "no "
         detail = ", ".join(f"{k} {v}" for k, v in i.versions.items()) if i.available else i.reason
         print(f"{i.name:<{width}}  {i.device:<4}  {mark}  {detail}")
+        if i.available and args.capabilities:
+            c = i.capabilities
+            print(f"{'':<{width}}        cells {', '.join(c['cells'])}; algorithms {', '.join(c['algorithms'])}; "
+                  f"dtypes {', '.join(c['dtypes'])}; ctc {'yes' if c['has_ctc'] else 'no'}; "
+                  f"ceilings {c['framework'] or 'none'}")
     return EXIT_OK
 
 

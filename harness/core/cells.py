@@ -61,8 +61,17 @@ class CellDef:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise InputError(f"CellDef.name: got {self.name!r}; allowed: an identifier such as 'my_cell'")
-        if not self.gate_names:
-            raise InputError(f"CellDef {self.name!r}: gate_names must name at least one gate block")
+        g = self.gate_names
+        if not isinstance(g, tuple) or not g or not all(isinstance(n, str) and n.isidentifier() for n in g) \
+                or len(set(g)) != len(g):
+            raise InputError(f"CellDef {self.name!r}: gate_names: got {g!r}; allowed: a tuple of distinct "
+                             "identifiers, one per gate block, e.g. ('i', 'f', 'g', 'o')")
+        if self.activation is not None and self.bias_gate is not None:
+            raise InputError(f"CellDef {self.name!r}: a cell is vanilla (activation) or gated (bias_gate), not both")
+        for f in ("bptt_extra_per_step", "bptt_backward_gate_buffers"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(f"CellDef {self.name!r}: {f}: got {v!r}; allowed: an integer >= 0")
         if self.state_parts not in (("h",), ("h", "c")):
             raise InputError(f"CellDef {self.name!r}: state_parts: got {self.state_parts!r}; allowed: ('h',), ('h', 'c')")
         if self.activation is not None and self.activation not in ACTIVATIONS:
@@ -149,8 +158,9 @@ class CellDef:
 # -- the registry -------------------------------------------------------------------------------------------
 
 _CELLS: Dict[str, CellDef] = {}
-BUILTIN_CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+BUILTIN_CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")  # defined at the end of this module
 _plugins_loaded = False
+_plugins_error: Optional[InputError] = None  # a failed plug-in import: raised again on every look-up
 
 
 def register(cell: CellDef, replace: bool = False) -> CellDef:
@@ -158,6 +168,8 @@ def register(cell: CellDef, replace: bool = False) -> CellDef:
     if not isinstance(cell, CellDef):
         raise InputError(f"cell: got {type(cell).__name__}; expected a harness.core.cells.CellDef")
     old = _CELLS.get(cell.name)
+    if old is not None and old != cell and cell.name in BUILTIN_CELLS:
+        raise InputError(f"cell {cell.name!r} is built in and cannot be redefined; register yours under another name")
     if old is not None and old != cell and not replace:
         raise InputError(f"cell {cell.name!r} is already defined differently; pass replace=True to redefine it")
     _CELLS[cell.name] = cell
@@ -172,8 +184,13 @@ def unregister(name: str) -> None:
 
 
 def load_plugins() -> List[str]:
-    """Import the plug-in modules that define cells (entry points, ``$RNNBENCH_PLUGINS``), once; their names."""
-    global _plugins_loaded
+    """Import the plug-in modules that define cells (entry points, ``$RNNBENCH_PLUGINS``), once; their names.
+
+    A module that cannot be imported raises :class:`InputError` naming it — now and on every later call, so
+    that no caller goes on with a partial registry."""
+    global _plugins_loaded, _plugins_error
+    if _plugins_error is not None:
+        raise _plugins_error
     if _plugins_loaded:
         return []
     _plugins_loaded = True
@@ -187,8 +204,13 @@ def load_plugins() -> List[str]:
     for m in mods:
         try:
             importlib.import_module(m)
-        except ImportError as e:
-            raise InputError(f"{PLUGINS_ENV}/{ENTRY_POINT_GROUP}: cannot import plug-in module {m!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a plug-in's own failure, said in one line with where it happened
+            import traceback
+            where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+            at = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
+            _plugins_error = InputError(f"{PLUGINS_ENV}/{ENTRY_POINT_GROUP}: cannot import plug-in module {m!r}: "
+                                        f"{type(e).__name__}: {e}{at}")
+            raise _plugins_error from None
     return mods
 
 

@@ -79,6 +79,10 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+class CeilingError(RuntimeError):
+    """A backend's own GEMM hook failed: the case keeps its timings, loses its efficiency."""
+
+
 def framework_of(backend) -> Optional[str]:
     """Whose ceilings measure ``backend``: ``own:<name>`` when its :meth:`gemm` hook provides them, else the
     framework it declares (``numpy``, ``torch``, ``jax``), else None (no ceilings: efficiency not computed)."""
@@ -97,6 +101,9 @@ def _own_builder(backend):
         probe = hook("gemm_square", (8, 8, 8), "float32")
     except NotImplementedError:
         return None
+    except Exception as e:  # noqa: BLE001 - a broken hook costs its ceilings, not the case
+        raise CeilingError(f"backend {getattr(backend, 'name', backend)!r}: gemm() raised "
+                           f"{type(e).__name__}: {e}") from None
     if probe is None:
         return None
 

@@ -33,6 +33,7 @@ from harness.core.errors import InputError, InputTypeError, RnnbenchError
 from harness.core.spec import ALGORITHMS, CellSpec, check_algorithm_args  # noqa: F401 - ALGORITHMS public
 
 IMPLS = ("backend", "chunked")  # chunked: the reference's chunked tBPTT (its backend's peak_memory knows it)
+_MARK = "@@RNNBENCH_PEAK@@"  # prefixes the one line of the child's result
 
 
 # -- the request ------------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ def measure_peak(request: Dict[str, Any], timeout_s: float = 300.0, threads: Opt
     if threads:
         from harness.core.system import thread_env
         env = thread_env(int(threads), env)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = [sys.executable, "-m", "harness.measure.memory", json.dumps(request)]
     base = {"peak_bytes": None, "method": None, "estimate": False}
@@ -80,9 +81,11 @@ def measure_peak(request: Dict[str, Any], timeout_s: float = 300.0, threads: Opt
     except subprocess.TimeoutExpired:
         return {**base, "status": "timeout", "reason": f"memory probe exceeded {timeout_s:.0f} s"}
     for line in reversed(proc.stdout.strip().splitlines()):
-        if line.startswith("{"):
+        # Only the probe's own marked line, and only from a probe that exited normally: whatever a backend
+        # prints cannot pass for a result.
+        if proc.returncode == 0 and line.startswith(_MARK):
             try:
-                return {**base, **json.loads(line)}
+                return {**base, **json.loads(line[len(_MARK):])}
             except json.JSONDecodeError:
                 break
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -114,10 +117,16 @@ def _child(req: Dict[str, Any]) -> Dict[str, Any]:
     options = {} if req["impl"] == "backend" else {"impl": req["impl"]}
     got = be.peak_memory(spec, params, x, dy, dfin, algorithm=req["algorithm"], truncation=req["truncation"],
                          **options)
-    if not isinstance(got, dict) or not isinstance(got.get("peak_bytes"), (int, float)):
-        raise InputTypeError(f"backend {req['backend']!r}: peak_memory() must return a dict with 'peak_bytes'; "
-                        f"got {got!r}"[:300])
-    return {"status": "ok", "reason": "", "estimate": False, **got}
+    if not isinstance(got, dict):
+        raise TypeError(f"backend {req['backend']!r}: peak_memory() must return a dict with 'peak_bytes'; "
+                        f"got {type(got).__name__}")
+    peak = got.get("peak_bytes")
+    if isinstance(peak, (bool, np.bool_)) or not isinstance(peak, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(peak) or peak < 0:
+        raise TypeError(f"backend {req['backend']!r}: peak_memory()['peak_bytes'] must be a finite number of "
+                        f"bytes >= 0; got {peak!r}"[:300])
+    out = {k: v for k, v in got.items() if k not in ("status", "peak_bytes")}  # the probe says the status
+    return {"reason": "", "estimate": False, **out, "status": "ok", "peak_bytes": int(peak)}
 
 
 def main(argv=None) -> int:
@@ -131,7 +140,11 @@ def main(argv=None) -> int:
         res = {"status": "skipped", "reason": str(e)}
     except Exception as e:  # noqa: BLE001 - reported as a row, never a crash of the runner
         res = {"status": "error", "reason": f"{type(e).__name__}: {e}"}
-    print(json.dumps(res))
+    try:
+        text = json.dumps(res)
+    except (TypeError, ValueError) as e:  # a backend's extra fields that JSON cannot hold
+        text = json.dumps({"status": "error", "reason": f"peak_memory() returned values JSON cannot hold: {e}"})
+    print("\n" + _MARK + text, flush=True)
     return 0
 
 

@@ -56,6 +56,8 @@ def resolve_suite(name: str) -> Tuple[str, str, Any]:
 
     if ":" in name:
         module, attr = name.split(":", 1)
+        if not module or not attr or module.startswith(".") or not all(p.isidentifier() for p in module.split(".")):
+            raise UsageError(f"suite: got {name!r}; a plug-in suite is module:ATTR with an absolute module path")
     elif name in base.SUITE_MODULES:
         module, attr = base.SUITE_MODULES[name], "SUITE"
     else:
@@ -76,7 +78,10 @@ def resolve_suite(name: str) -> Tuple[str, str, Any]:
 
 
 def check_backends(names: Sequence[str]) -> List[str]:
-    """The backend names, validated: registry names (built-ins, entry points) or ``module:Class`` plug-ins."""
+    """The backend names, validated: registry names (built-ins, entry points) or ``module:Class`` plug-ins.
+
+    A ``module:Class`` whose module or class does not exist is a usage error (a typo must not become a run of
+    skipped rows that exits 0); a plug-in that exists but cannot run here is recorded ``skipped`` with why."""
     from implementations import registry as reg
 
     allowed = reg.names()
@@ -84,6 +89,10 @@ def check_backends(names: Sequence[str]) -> List[str]:
     for b in names:
         if not isinstance(b, str) or not b or (b not in allowed and ":" not in b):
             raise UsageError(f"--backend: got {b!r}; allowed: {', '.join(allowed)} or module:Class")
+        if ":" in b and b not in allowed:
+            problem = reg.resolution_problem(b)
+            if problem:
+                raise UsageError(f"--backend {b!r}: {problem}")
         if b not in out:
             out.append(b)
     return out
@@ -461,6 +470,11 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
         if v is not None and not (isinstance(v, (int, float)) and v > 0):
             raise UsageError(f"{name}: got {v!r}; expected a number of seconds > 0")
 
+    from harness.core import cells
+    try:
+        cells.load_plugins()  # a plug-in cell module that cannot be imported stops the run here, not in a worker
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     names = s["suites"] or suite_base.existing_suites()
     if not names:
         raise UsageError("no suite is present in this tree (expected modules under suites/)")

@@ -43,8 +43,13 @@ def register(cell: str, step: NumpyStep, replace: bool = False) -> None:
     """Give the NumPy backend a kernel for ``cell`` (which must be defined in :mod:`harness.core.cells`)."""
     from harness.core import cells
     cells.get(cell)  # InputError for an undefined cell
+    if cell in cells.BUILTIN_CELLS:
+        raise InputError(f"cell {cell!r} is built in: the NumPy backend runs its fused code, a step would never be "
+                         "used; register your step under a cell of your own")
     if not isinstance(step, NumpyStep):
         raise InputTypeError(f"step: got {type(step).__name__}; expected implementations.numpy.steps.NumpyStep")
+    if not (callable(step.forward) and callable(step.backward)):
+        raise InputTypeError(f"step for {cell!r}: forward and backward must be callables")
     if cell in _STEPS and not replace and _STEPS[cell] is not step:
         raise InputError(f"cell {cell!r} already has a NumPy step; pass replace=True to redefine it")
     _STEPS[cell] = step
@@ -55,16 +60,14 @@ def unregister(cell: str) -> None:
 
 
 def names() -> Tuple[str, ...]:
-    """Cells with a registered step (plug-in modules are loaded first)."""
+    """Cells with a registered step that are still defined (plug-in modules are loaded first)."""
     from harness.core import cells
-    cells.load_plugins()
-    return tuple(_STEPS)
+    defined = cells.names()
+    return tuple(c for c in _STEPS if c in defined)
 
 
 def get(cell: str) -> NumpyStep:
-    if cell not in _STEPS:
-        names()
-    if cell not in _STEPS:
+    if cell not in names():
         raise InputError(f"cell {cell!r} has no NumPy step (registered: {', '.join(_STEPS) or 'none'})")
     return _STEPS[cell]
 
@@ -84,6 +87,20 @@ def _join_state(spec: CellSpec, per_layer: List[Tuple[np.ndarray, ...]]) -> Stat
     return stacked if spec.is_lstm else stacked[0]
 
 
+def _check_parts(spec: CellSpec, what: str, parts, shapes: List[Tuple[int, ...]], dtype) -> Tuple[np.ndarray, ...]:
+    """A step's state-like result: a tuple of one array per state part, each of its shape and dtype."""
+    if not isinstance(parts, tuple) or len(parts) != len(shapes):
+        raise InputError(f"the NumPy step of {spec.cell!r}: {what} must be a tuple of {len(shapes)} array(s) "
+                         f"(state parts {', '.join(spec.definition.state_parts)}); got {type(parts).__name__}"
+                         + (f" of {len(parts)}" if isinstance(parts, tuple) else ""))
+    for i, (a, shape) in enumerate(zip(parts, shapes)):
+        if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dtype:
+            got = f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise InputError(f"the NumPy step of {spec.cell!r}: {what}[{i}] must be an array {shape} of {dtype}; "
+                             f"got {got}")
+    return parts
+
+
 def _forward(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[State], keep: bool):
     step = get(spec.cell)
     T, B, _ = x.shape
@@ -96,8 +113,13 @@ def _forward(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[Stat
         hs = np.empty((T, B, spec.hidden_size), dtype=x.dtype)
         seq = [s] if keep else None
         cs = [] if keep else None
+        shapes = [(B, spec.hidden_size)] * len(s)
         for t in range(T):
-            s, cache = step.forward(lp, inp[t], s)
+            out = step.forward(lp, inp[t], s)
+            if not isinstance(out, tuple) or len(out) != 2:
+                raise InputError(f"the NumPy step of {spec.cell!r}: forward must return (new_state, cache)")
+            s = _check_parts(spec, "forward's new_state", out[0], shapes, x.dtype)
+            cache = out[1]
             hs[t] = s[0]
             if keep:
                 seq.append(s)
@@ -136,18 +158,30 @@ def _backward(spec: CellSpec, params: Params, caches, dy: Optional[np.ndarray], 
         dx = np.zeros_like(inp)
         ds = tuple(np.array(a, copy=True) for a in d_final[l])
         rec = [None] * T if (record and l == L - 1) else None
+        shapes = [a.shape for a in ds]
         for t in range(T - 1, -1, -1):
             if d_out is not None:
                 ds = (ds[0] + d_out[t],) + ds[1:]
             if rec is not None:
                 rec[t] = ds
-            d_lp, dx_t, ds = step.backward(lp, inp[t], seq[t], cs[t], ds)
+            out = step.backward(lp, inp[t], seq[t], cs[t], ds)
+            if not isinstance(out, tuple) or len(out) != 3 or not isinstance(out[0], dict):
+                raise InputError(f"the NumPy step of {spec.cell!r}: backward must return (d_params dict, dx_t, d_state)")
+            d_lp, dx_t, ds = out
             for n, g in d_lp.items():
                 if n not in acc:
                     raise InputError(f"the NumPy step of {spec.cell!r} returned a gradient for {n!r}, which the "
                                      f"layer does not have (it has: {', '.join(acc)})")
+                if not isinstance(g, np.ndarray) or g.shape != acc[n].shape:
+                    got = g.shape if isinstance(g, np.ndarray) else type(g).__name__
+                    raise InputError(f"the NumPy step of {spec.cell!r}: the gradient of {n} must have shape "
+                                     f"{acc[n].shape}; got {got}")
                 acc[n] += g
+            if not isinstance(dx_t, np.ndarray) or dx_t.shape != dx[t].shape:
+                got = dx_t.shape if isinstance(dx_t, np.ndarray) else type(dx_t).__name__
+                raise InputError(f"the NumPy step of {spec.cell!r}: dx_t must have shape {dx[t].shape}; got {got}")
             dx[t] = dx_t
+            ds = _check_parts(spec, "backward's d_state", ds, shapes, inp.dtype)
         grads[l], d_init[l] = acc, ds
         d_out = dx
         if rec is not None:

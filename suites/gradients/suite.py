@@ -240,6 +240,20 @@ class GradientsSuite(Suite):
             yield case.row("grad_norm_h", None, "1", status="skipped", reason=why_not, kind=kind)
             return
         ref = backend if backend.reference else registry.reference()
+        if not backend.reference:
+            # Checked before anything of it is recorded: the same outputs and gradients as the reference.
+            from suites.equivalence import REL_TOL, equivalence_error, make_data
+            spec, t_check = case.spec(), min(case.seq_len, 20)
+            with _quiet():
+                err, where, _ = equivalence_error(backend, spec, make_data(spec, case.batch, t_check, seed),
+                                                  case.dtype, t_check)
+            tol = REL_TOL[case.dtype]
+            if not err <= tol:
+                yield case.row("equiv_error", err, "rel", status="error", tol=tol, worst=where, kind=kind,
+                               reason=f"disagrees with the NumPy reference: relative error {err:.3g} in {where} "
+                                      f"> tolerance {tol:g} ({case.dtype}); gradients not measured")
+                return
+            yield case.row("equiv_error", err, "rel", tol=tol, worst=where, check_seq_len=t_check, kind=kind)
         rates: Dict[Tuple[str, float, Optional[float], float], float] = {}
         for rho, bias, scale in case.settings["grid"]:
             rho = None if rho is None else float(rho)

@@ -166,10 +166,12 @@ def _for_backend(backend: str, preset: str, device: str) -> List[Point]:
     supported = [c for c in cells.names() if c in (caps.get("cells") or ())]
     cell0 = "rnn_tanh" if "rnn_tanh" in supported else (supported[0] if supported else "rnn_tanh")
     if preset == "smoke":
-        # A fresh framework process costs seconds per point: two short BPTT points of one supported cell, and
-        # one point of every cell it does not support (skipped at once, with its reason, nothing spawned).
-        out = [Point("T", cell0, 4, T, 16, "bptt") for T in (20, 40)]
-        out += [Point("T", c, 4, 20, 16, "bptt") for c in cells.names() if c not in supported]
+        # A fresh framework process costs seconds per point: two short BPTT points of one supported cell, one of
+        # every other cell (an unsupported one is skipped at once, with its reason, nothing spawned).
+        # H=64, B=8: peaks of hundreds of kB, well above the allocator's page granularity (at H=16, B=4 they were
+        # a few 4 KiB pages and the fitted slope meant nothing).
+        out = [Point("T", cell0, 8, T, 64, "bptt") for T in (20, 40)]
+        out += [Point("T", c, 8, 20, 64, "bptt") for c in cells.names() if c != cell0]
         return out
     if preset == "quick":
         # quick: other frameworks get a BPTT T sweep of their own at H=64, B=8 — on NumPy's H=16 points their

@@ -52,3 +52,15 @@ def install_entry_point(directory: str, name: str = "acme-rnn") -> str:
     with open(os.path.join(info, "entry_points.txt"), "w") as f:
         f.write(f"[rnnbench.backends]\n{name} = {__name__}:AcmeRNN\n")
     return name
+
+
+class SwappedGates(AcmeRNN):
+    """A subtly wrong plug-in: the LSTM's input and forget gates swapped in the forward pass."""
+
+    variant = "acme-swapped"
+
+    def _forward(self, spec, params, x, state):
+        H = spec.hidden_size
+        perm = np.r_[H:2 * H, 0:H, 2 * H:4 * H] if spec.cell == "lstm" else np.arange(spec.gates * H)
+        swapped = params.map(lambda a: a[perm] if a.shape[0] == spec.gates * H else a)
+        return super()._forward(spec, swapped, x, state)
