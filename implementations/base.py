@@ -149,6 +149,33 @@ class BackendBase:
         return self.name
 
     @property
+    def prepares_natively(self) -> bool:
+        """Whether the timed callables run on data converted once (its own ``_prepare_*`` hooks, or the
+        ``convert`` + ``_forward_native``/``_train_native`` pair), not the default that calls ``_forward``/``_vjp``
+        on NumPy arrays — converting them inside every timed call."""
+        cls = type(self)
+        own_prepare = (cls._prepare_forward is not BackendBase._prepare_forward
+                       and cls._prepare_train is not BackendBase._prepare_train)
+        own_native = (cls._forward_native is not BackendBase._forward_native
+                      and cls._train_native is not BackendBase._train_native)
+        return own_prepare or own_native
+
+    # -- converting once, for timing ----------------------------------------------------------------
+    def convert(self, spec: CellSpec, params: Params, x: np.ndarray, state=None, dy=None, d_final_state=None):
+        """The inputs of one call in this backend's own arrays and device (default: as they are). Called once per
+        prepared callable, outside the timed region; what it returns is what ``_forward_native`` and
+        ``_train_native`` receive."""
+        return {"params": params, "x": x, "state": state, "dy": dy, "d_final_state": d_final_state}
+
+    def _forward_native(self, spec: CellSpec, native):
+        """One inference forward on ``convert``'s result, returning after the device finished (optional)."""
+        raise Unsupported(f"backend {self.name!r} has no _forward_native")
+
+    def _train_native(self, spec: CellSpec, native):
+        """One forward + backward (all gradients) on ``convert``'s result, after the device finished (optional)."""
+        raise Unsupported(f"backend {self.name!r} has no _train_native")
+
+    @property
     def has_ctc(self) -> bool:
         """Whether this backend implements the ``_ctc`` hook."""
         return type(self)._ctc is not BackendBase._ctc
@@ -289,7 +316,29 @@ class BackendBase:
         raise Unsupported(f"backend {self.variant!r} has no vjp")
 
     def _hidden_grads(self, spec, params, x, dh_T, return_cell):
-        raise Unsupported(f"backend {self.variant!r} has no hidden_grads")
+        """Default for any backend with ``_forward`` and ``_vjp``: for each t, the forward to step t, then a vjp
+        of the remaining steps from that state with the cotangent ``dh_T`` at the end — its ``dstate`` is
+        ∂L/∂(state after step t). O(T²) work and T+1 calls of each hook: fine for the smoke and quick presets'
+        lengths; a backend that can carry probes through its recurrence (as the built-ins do) should override.
+        ``return_cell`` is not offered: the total ∂L/∂c_t includes the path through h_t = o_t·tanh(c_t), which only
+        the cell's own code can follow."""
+        if type(self)._vjp is BackendBase._vjp or type(self)._forward is BackendBase._forward:
+            raise Unsupported(f"backend {self.name!r} has no hidden_grads (and no _forward/_vjp to derive it from)")
+        if return_cell:
+            raise Unsupported(f"backend {self.name!r}: the default hidden_grads gives ∂L/∂h_t only; implement "
+                              "_hidden_grads for ∂L/∂c_t")
+        T, B, _ = x.shape
+        L, H = spec.num_layers, spec.hidden_size
+        dfin = np.zeros((L, B, H), x.dtype)
+        dfin[-1] = dh_T
+        d_final = (dfin, np.zeros_like(dfin)) if spec.is_lstm else dfin
+        dh = np.empty((T, B, H), x.dtype)
+        dh[T - 1] = dh_T
+        for t in range(T - 1):  # the state after step t+1 (index t), then steps t+1 .. T-1 from it
+            _, s = self._forward(spec, params, x[:t + 1], None)
+            g = self._vjp(spec, params, x[t + 1:], s, None, d_final, "bptt", None)
+            dh[t] = np.asarray(g.dstate[0] if spec.is_lstm else g.dstate)[-1]
+        return dh
 
     def _ctc(self, logits, targets, input_lengths, target_lengths, blank, zero_infinity):
         raise Unsupported(f"backend {self.variant!r} has no ctc")
@@ -298,8 +347,14 @@ class BackendBase:
         return lambda: self._ctc(logits, targets, input_lengths, target_lengths, blank=blank, zero_infinity=False)
 
     def _prepare_forward(self, spec, params, x, state):
-        return lambda: self._forward(spec, params, x, state)
+        if type(self)._forward_native is not BackendBase._forward_native:
+            native = self.convert(spec, params, x, state)
+            return lambda: self._forward_native(spec, native)
+        return lambda: self._forward(spec, params, x, state)  # converts inside every call (said in the rows)
 
     def _prepare_train(self, spec, params, x, state, dy, d_final_state):
+        if type(self)._train_native is not BackendBase._train_native:
+            native = self.convert(spec, params, x, state, dy, d_final_state)
+            return lambda: self._train_native(spec, native)
         return lambda: self._vjp(spec, params, x, state, dy, d_final_state, "bptt", None)
 

@@ -86,9 +86,9 @@ def _resolve(name: str) -> Tuple[type, dict]:
 
 
 def resolution_problem(name: str) -> Optional[str]:
-    """Why ``module:Class`` does not name a backend class at all (no such module or class, not a BackendBase
-    subclass), or None. A missing *dependency* of an existing module is not such a problem: it is a reason to
-    skip (see :func:`probe`)."""
+    """Why ``module:Class`` does not name a usable backend class (no such module or class, not a BackendBase
+    subclass, the module's import raises — a missing dependency included: a plug-in named explicitly must load),
+    or None."""
     if ":" not in name:
         return None
     mod, cls = name.split(":", 1)
@@ -104,8 +104,8 @@ def resolution_problem(name: str) -> Optional[str]:
         _resolve(name)
     except BackendError as e:
         return str(e)
-    except ImportError:
-        return None  # the module exists; a dependency is missing: skipped with the reason
+    except Exception as e:  # noqa: BLE001 - a plug-in named explicitly that cannot be imported: say why, stop
+        return f"importing {mod!r} failed: {type(e).__name__}: {e}"
     return None
 
 

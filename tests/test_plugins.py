@@ -222,6 +222,10 @@ def test_a_foreign_backend_gets_what_the_builtins_get(tmp_path):
         meta = json.load(f)
     assert meta["backend_versions"][f"{name}@cpu"]["acme"] == "0.0.1-test"
     assert meta["backend_capabilities"][f"{name}@cpu"]["cells"] == ["lstm", "rnn_tanh"]
+    r = _rnnbench(["report", out], env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(os.path.join(out, "report.md")) as f:
+        assert f"{name}: acme 0.0.1-test" in f.read()  # the plug-in's versions() in the machine section
 
     # the gate: the same skip, and the supported cases measured (HEAD against this tree, forced)
     r = _rnnbench(["gate", "--base", "HEAD", "--force", "--backend", name, "--rounds", "6", "--samples", "3",
@@ -270,3 +274,71 @@ def test_list_says_what_each_backend_declares():
     r = _rnnbench(["list", "--device", "cpu", "--capabilities"], _env())
     assert r.returncode == 0
     assert "cells rnn_tanh, rnn_relu, lstm, gru; algorithms bptt, rtrl, tbptt" in r.stdout
+
+
+@pytest.mark.slow
+def test_the_gate_fails_a_wrong_plugin_before_timing_it_and_names_the_parts():
+    r = _rnnbench(["gate", "--base", "HEAD", "--force", "--backend", "tests.plugins.acme_backend:SwappedGates",
+                   "--rounds", "6", "--samples", "2", "--no-confirm"], _env(), timeout=600)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    line = next(x for x in r.stdout.splitlines() if x.startswith("check ") and "lstm" in x)
+    assert "FAILED" in line and "y " in line and "final_state[0]" in line, line
+    # not timed: no verdict line for the LSTM (the tanh RNN, unaffected, is timed and judged)
+    assert not [x for x in r.stdout.splitlines() if "lstm-L1" in x and x.split()[0] in ("tests.plugins.acme_backend:SwappedGates",)]
+    assert "rnn_tanh-L1" in r.stdout
+
+
+def test_default_hidden_grads_and_native_timing_hooks():
+    """A plug-in with only _forward and _vjp gets ∂L/∂h_t (O(T²) default) equal to the reference's; one that
+    converts once (convert + *_native) is timed on converted data, and the rows say which kind each is."""
+    from harness.core.errors import Unsupported
+    from implementations.base import BackendBase
+    from tests.plugins.acme_backend import AcmeRNN
+
+    class OnlyForwardVjp(AcmeRNN):
+        _hidden_grads = BackendBase._hidden_grads  # the default, as for a plug-in that writes none
+
+    be, ref = OnlyForwardVjp(), registry.get("numpy")
+    for cell in ("rnn_tanh", "lstm"):
+        spec = CellSpec(cell, 3, 5, num_layers=2)
+        p = init_params(spec, seed=2)
+        x = np.random.default_rng(0).standard_normal((6, 2, 3))
+        dh = np.random.default_rng(1).standard_normal((2, 5))
+        got, want = be.hidden_grads(spec, p, x, dh), ref.hidden_grads(spec, p, x, dh)
+        assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
+    with pytest.raises(Unsupported, match="∂L/∂h_t only"):
+        be.hidden_grads(CellSpec("lstm", 3, 5), init_params(CellSpec("lstm", 3, 5)), x, dh, return_cell=True)
+
+    converted = []
+
+    class ConvertsOnce(AcmeRNN):
+        def convert(self, spec, params, x, state=None, dy=None, d_final_state=None):
+            converted.append(1)
+            return super().convert(spec, params, x, state, dy, d_final_state)
+
+        def _forward_native(self, spec, native):
+            return self._forward(spec, native["params"], native["x"], native["state"])
+
+        def _train_native(self, spec, native):
+            n = native
+            return self._vjp(spec, n["params"], n["x"], n["state"], n["dy"], n["d_final_state"], "bptt", None)
+
+    c = ConvertsOnce()
+    assert c.prepares_natively and not OnlyForwardVjp().prepares_natively
+    spec = CellSpec("lstm", 3, 5)
+    fn = c.prepare_train(spec, init_params(spec), x, None, np.zeros((6, 2, 5)))
+    fn()
+    fn()
+    assert len(converted) == 1  # once, outside the timed calls
+
+
+def test_a_plugin_backend_that_cannot_be_imported_is_a_usage_error_and_list_shows_plugins(tmp_path):
+    r = _rnnbench(["run", "throughput", "--preset", "smoke", "--backend", "tests.plugins.broken_import:X",
+                   "--out", str(tmp_path / "r"), "--no-progress"], _env())
+    assert r.returncode == 2 and "importing 'tests.plugins.broken_import' failed: RuntimeError: the plug-in's own" \
+        in r.stderr and "Traceback" not in r.stderr, r.stderr[-1000:]
+    r = _rnnbench(["list", "--backend", "tests.plugins.acme_backend:AcmeRNN", "--capabilities"], _env())
+    assert r.returncode == 0 and "tests.plugins.acme_backend:AcmeRNN  cpu   yes  acme 0.0.1-test" in r.stdout, r.stdout
+    assert "cells lstm, rnn_tanh" in r.stdout
+    r = _rnnbench(["list", "--backend", "tests.plugins.acme_backend:Nope"], _env())
+    assert r.returncode == 2 and "has no class 'Nope'" in r.stderr

@@ -227,7 +227,8 @@ def test_equivalence_error_and_data():
     np.testing.assert_array_equal(data.x, again.x)
     assert data.x.shape == (9, 3, 5) and data.dy.shape == (9, 3, 7) and data.state.shape == (1, 3, 7)
     err, where, first = tp.equivalence_error(NumpyBackend(), spec, data, "float32", 9)
-    assert 0 < err < 1e-5 and where and set(first) == {"check_fwd_s", "check_vjp_s"}
+    assert 0 < err < 1e-5 and where and set(first) == {"check_fwd_s", "check_vjp_s", "parts"}
+    assert list(first["parts"])[0] == "y" and max(first["parts"].values()) == err
     err64, _, _ = tp.equivalence_error(NumpyBackend(), spec, data, "float64", 4)
     assert err64 < 1e-12
     err_bad, where_bad, _ = tp.equivalence_error(PerturbedNumpy(), spec, data, "float32", 9)

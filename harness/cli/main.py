@@ -30,6 +30,7 @@ Typical use:
   rnnbench report results/runs/<id>          report.md + report.html + figures/
   rnnbench compare BASE_DIR NEW_DIR          ratios with significance; exit 1 on a regression
   rnnbench gate --base HEAD~1                CI performance gate against another revision
+  rnnbench check my.module:MyRNN             conformance battery for your own backend
 """
 
 
@@ -129,6 +130,21 @@ def _add_gate(sub) -> None:
                         "(default: such a change-free gate passes at once, saying so)")
 
 
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="conformance battery for a backend: every part against the reference",
+                       description="Check BACKEND (a registry name or module:Class) against the float64 NumPy "
+                                   "reference: for every cell it supports x layers 1, 2 x every dtype it claims, on "
+                                   "shapes with T=1, B=1 and odd sizes, the output, final state, every parameter "
+                                   "gradient, dx, dstate and hidden-state gradients, each with its own error; "
+                                   "float64 finite differences; the bad-input contract; the timing hooks; "
+                                   "versions(). Exit 0 when every check passes, 1 when any fails, 2 on bad usage.")
+    p.add_argument("backend", metavar="BACKEND")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu or cuda (default: cpu)")
+    p.add_argument("--cell", action="append", metavar="CELL", help="only this cell (repeatable; default: all it supports)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown (a CI summary)")
+    p.add_argument("--verbose", action="store_true", help="list every check with its measured error, not only failures")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnbench", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,12 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List every backend and device, whether it runs here, its versions, "
                                    "and for the unavailable ones the reason.")
     p.add_argument("--device", action="append", metavar="DEV", help="only this device (cpu/cuda)")
+    p.add_argument("--backend", action="append", metavar="B",
+                   help="only these backends (repeatable); module:Class shows a plug-in that is not registered")
     p.add_argument("--capabilities", action="store_true",
                    help="also what each available backend declares: cells, algorithms, dtypes, CTC, ceilings")
     _add_run(sub)
     _add_report(sub)
     _add_compare(sub)
     _add_gate(sub)
+    _add_check(sub)
     return parser
 
 
@@ -156,7 +175,12 @@ def cmd_list(args) -> int:
             raise UsageError(f"--device: got {d!r}; allowed: {', '.join(backends.DEVICES)}")
     from harness.core import cells
     cells.load_plugins()  # a broken plug-in cell module: one line, exit 2
-    infos = backends.available(devices)
+    for b in args.backend or []:
+        problem = backends.resolution_problem(b) if ":" in b else (
+            None if b in backends.names() else f"unknown; allowed: {', '.join(backends.names())} or module:Class")
+        if problem:
+            raise UsageError(f"--backend {b!r}: {problem}")
+    infos = backends.available(devices, backends=list(args.backend) if args.backend else None)
     width = max(len(i.name) for i in infos)
     for i in infos:
         mark = "yes" if i.available else "no "
@@ -192,6 +216,7 @@ HANDLERS = {
     "report": ("harness.report.report", "cli_report"),
     "compare": ("harness.compare.compare", "cli_compare"),
     "gate": ("harness.gate.gate", "cli_gate"),
+    "check": ("harness.check.battery", "cli_check"),
 }
 
 

@@ -232,8 +232,13 @@ def _load_side(payload: Dict[str, Any]) -> Dict[str, Any]:
                 got = tp.equivalence_error(backend, spec, data, dtype, t_check)
                 err, where = (got[0], got[1]) if isinstance(got, tuple) else (got, "")
                 tol = getattr(tp, "REL_TOL", {}).get(dtype)
-                side["checks"].append({"case": case.name, "metric": "equiv_error", "value": err, "tol": tol,
-                                       "where": where})
+                parts = got[2].get("parts") if isinstance(got, tuple) and len(got) > 2 and isinstance(got[2], dict) else None
+                entry = {"case": case.name, "metric": "equiv_error", "value": err, "tol": tol, "where": where}
+                if parts and hasattr(tp, "disagreement") and tol is not None and not err <= tol:
+                    entry["reason"] = tp.disagreement(parts, tol, dtype, "not timed")
+                side["checks"].append(entry)
+                if tol is not None and not err <= tol:
+                    continue  # a backend that computes something else is not timed: the check fails the gate
             low = data.cast(dtype)
             for mode in modes:
                 if mode == "fwd":
@@ -522,7 +527,8 @@ def measure(trees: Dict[str, str], backend: str, cfg: GateConfig, only: Optional
             errors.append(f"time limit reached: stopped after {i} of {cfg.rounds} processes")
             break
         order = ("A", "B") if i % 2 == 0 else ("B", "A")
-        res = run_worker(trees, backend, cfg, order=order, only=only, checks=checks and i == 0)
+        # Every process checks (cheap, smoke shapes) so that none times a case that disagrees; one reports.
+        res = run_worker(trees, backend, cfg, order=order, only=only, checks=checks)
         if res.get("error"):
             if res.get("error_side") == "A":
                 raise BaseTreeError(f"the base tree {trees['A']} cannot run the gate cases: {res['error']}")
@@ -538,7 +544,8 @@ def measure(trees: Dict[str, str], backend: str, cfg: GateConfig, only: Optional
                 if side == "A":
                     raise BaseTreeError(f"the base tree fails on {r['case']}: {r['error']}")
                 errors.append(f"{r['case']}: {r['error']}")
-        chk += [{**c, "backend": backend} for c in res.get("checks", [])]
+        if i == 0:
+            chk += [{**c, "backend": backend} for c in res.get("checks", [])]
         if record is not None:
             record.append({"order": list(order), "results": [{k: r.get(k) for k in ("case", "mode", "A", "B", "number")}
                                                               for r in res.get("results", [])]})
@@ -622,7 +629,7 @@ def run_gate(head: str, base: str, cfg: GateConfig, base_desc: str = "", log=pri
         res.errors += errors
         res.checks += judge_checks(chk)
         verdicts = judge(samples, backend, cfg.threshold, cfg.alpha)
-        if not verdicts and not errors:
+        if not verdicts and not errors and not any(c["failed"] for c in res.checks):
             res.errors.append(f"backend {backend}: no gate case ran in both trees (suite {cfg.suite!r}, preset "
                               f"{cfg.preset!r}, patterns {list(cfg.patterns) or 'all'})")
         flagged = [v for v in verdicts if v.flagged]
@@ -669,7 +676,7 @@ def format_text(res: GateResult) -> str:
         bv = c.get("base_value")
         lines.append(f"check {c['backend']} {c['case']} {c['metric']}: head {c['value']:.3g} (base "
                      f"{'-' if bv is None else f'{bv:.3g}'}), tolerance {c.get('tol')}: "
-                     f"{'FAILED' if c['failed'] else 'ok'}")
+                     f"{'FAILED' if c['failed'] else 'ok'}" + (f" — {c['reason']}" if c.get("reason") else ""))
     lines += [f"skipped {s['backend']} {s['case']}: {s['reason']}" for s in res.skipped]
     lines += [f"note: {n}" for n in res.notes] + [f"error: {e}" for e in res.errors]
     lines.append(f"gate: {res.processes} processes, {res.wall_s:.1f} s")
@@ -679,12 +686,12 @@ def format_text(res: GateResult) -> str:
 
 def conclusion(res: GateResult) -> str:
     cfg = res.config
-    if res.errors:
-        return f"gate: FAIL: {res.errors[0]}"
-    if res.failed_checks:
+    if res.failed_checks:  # first: a case that computes something else is the reason, and it was not timed
         c = res.failed_checks[0]
         return (f"gate: FAIL: deterministic check {c['metric']} of {c['case']} is {c['value']:.3g}, past its "
-                f"tolerance {c.get('tol')}")
+                f"tolerance {c.get('tol')}" + (f" ({c['reason']})" if c.get("reason") else ""))
+    if res.errors:
+        return f"gate: FAIL: {res.errors[0]}"
     bad = [v for v in res.verdicts if v.failed]
     if bad:
         return ("gate: FAIL: confirmed slowdown " + ", ".join(

@@ -39,3 +39,16 @@ def si(x: Optional[float], digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+
+
+def text_table(headers, rows) -> str:
+    """Rows of strings as an aligned plain-text table (``tabulate`` when installed)."""
+    try:
+        from tabulate import tabulate
+        return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    except ImportError:
+        widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+        line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
+        out = [line, "  ".join("-" * w for w in widths)]
+        out += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
+        return "\n".join(out)

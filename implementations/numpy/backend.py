@@ -75,6 +75,13 @@ class NumpyBackend(BackendBase):
             return steps.hidden_grads(spec, params, x, dh_T, return_cell=return_cell)
         return numpy_rnn.hidden_grads(spec, params, x, dh_T, return_cell=return_cell)
 
+    # NumPy arrays are this backend's own: nothing to convert, the timed calls are the computation itself.
+    def _prepare_forward(self, spec, params, x, state):
+        return lambda: self._forward(spec, params, x, state)
+
+    def _prepare_train(self, spec, params, x, state, dy, d_final_state):
+        return lambda: self._vjp(spec, params, x, state, dy, d_final_state, "bptt", None)
+
     def peak_memory(self, spec, params, x, dy, d_final_state, algorithm="bptt", truncation=None, impl="backend",
                     **options) -> dict:
         """tracemalloc sees every NumPy buffer: the exact peak. RTRL is measured without ``dx`` (dx would be one

@@ -227,7 +227,7 @@ class MemorySuite(Suite):
             return
         from harness.measure.memory import make_request, measure_peak
         from implementations import registry
-        from suites.equivalence import REL_TOL, equivalence_error, make_data
+        from suites.equivalence import REL_TOL, disagreement, equivalence_error, make_data
         from suites.memory.theory import theory_bytes
         s = case.settings
         alg, k, impl = s["algorithm"], s.get("truncation"), s.get("impl", "backend")
@@ -242,13 +242,12 @@ class MemorySuite(Suite):
             # Checked before it is measured: the same outputs and gradients as the reference (float64).
             t_check = min(case.seq_len, 20)
             data = make_data(spec, case.batch, t_check, ctx.seed)
-            err, where, _ = equivalence_error(be, spec, data, case.dtype, t_check, algorithm=alg,
-                                              truncation=None if k is None else min(k, t_check))
+            err, where, info = equivalence_error(be, spec, data, case.dtype, t_check, algorithm=alg,
+                                                 truncation=None if k is None else min(k, t_check))
             tol = REL_TOL[case.dtype]
             if not err <= tol:
-                yield case.row("equiv_error", err, "rel", status="error", tol=tol, worst=where,
-                               reason=f"disagrees with the NumPy reference: relative error {err:.3g} in {where} "
-                                      f"> tolerance {tol:g} ({case.dtype}); not measured", **common)
+                yield case.row("equiv_error", err, "rel", status="error", tol=tol, worst=where, parts=info["parts"],
+                               reason=disagreement(info["parts"], tol, case.dtype, "not measured"), **common)
                 return
             yield case.row("equiv_error", err, "rel", tol=tol, worst=where, check_seq_len=t_check, **common)
         req = make_request(case.backend, case.device, case.cell, case.layers, case.batch, case.seq_len,

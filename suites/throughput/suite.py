@@ -47,8 +47,8 @@ import numpy as np
 
 from harness.core.errors import InputError, Unsupported
 from suites.base import Case, RunContext, Suite
-from suites.equivalence import (CHECK_MAX_T, REL_TOL, CaseData, equivalence_error,  # noqa: F401 - the gate
-                                make_data)  # reads these from the throughput suite's module
+from suites.equivalence import (CHECK_MAX_T, REL_TOL, CaseData, disagreement,  # noqa: F401 - the gate reads
+                                equivalence_error, make_data)  # these from the throughput suite's module
 
 #: Seconds of timed repeats per measurement, per preset (``--budget`` overrides).
 BUDGET_S = {"smoke": 0.2, "quick": 0.3, "full": 1.0}
@@ -243,7 +243,9 @@ class ThroughputSuite(Suite):
         except registry.BackendError as e:
             yield case.row("fwd_ms", None, "ms", status="skipped", reason=str(e))
             return
-        common = {"path": backend.path(), "threads": threads}
+        common = {"path": backend.path(), "threads": threads,
+                  "prepare": "native" if getattr(backend, "prepares_natively", True)
+                  else "default: _forward/_vjp on NumPy arrays (any conversion is timed)"}
         why_not = backend.supports(spec, dtype)
         if why_not:
             yield case.row("fwd_ms", None, "ms", status="skipped", reason=why_not, **common)
@@ -262,10 +264,10 @@ class ThroughputSuite(Suite):
             return
         common["equiv_error"] = err
         check = {"tol": tol, "worst": where, "check_seq_len": t_check, **first}
+        parts = check.pop("parts", {})
         if not err <= tol:  # also catches NaN
-            yield case.row("equiv_error", err, "rel", status="error",
-                           reason=f"disagrees with the NumPy reference: relative error {err:.3g} in {where} "
-                                  f"> tolerance {tol:g} ({dtype}); not timed", **common, **check)
+            yield case.row("equiv_error", err, "rel", status="error", parts=parts,
+                           reason=disagreement(parts, tol, dtype), **common, **check)
             return
         yield case.row("equiv_error", err, "rel", **common, **check)
 
