@@ -131,6 +131,18 @@ def _quiet():
         yield
 
 
+def _hidden(backend, spec, p, x, dh):
+    """(∂L/∂h_t, ∂L/∂c_t or None, note): a backend without ∂L/∂c_t (the default hidden_grads of a plug-in) gives
+    the h curve only, and the note says so."""
+    try:
+        out = backend.hidden_grads(spec, p, x, dh, return_cell=spec.is_lstm)
+        return (out[0], out[1], "") if spec.is_lstm else (out, None, "")
+    except Unsupported as e:
+        if not spec.is_lstm:
+            raise
+        return backend.hidden_grads(spec, p, x, dh), None, f"not offered: {e}"
+
+
 def _one_blas_thread():
     """BLAS on one thread while a case runs: nothing here is timed, the matrices are small (H ≤ 128), and
     multi-threaded BLAS on tiny GEMMs only spins (it doubled the run time on a loaded 2-core machine)."""
@@ -288,12 +300,9 @@ class GradientsSuite(Suite):
         gated = cdef.is_gated
         t0 = time.perf_counter()
         with _quiet():
-            try:
-                out = backend.hidden_grads(spec, p, x, dh, return_cell=spec.is_lstm)
-                g, gc = out if spec.is_lstm else (out, None)
-            except Unsupported as e:  # e.g. the default hidden_grads of a plug-in: no ∂L/∂c_t, the h curve only
-                g, gc = backend.hidden_grads(spec, p, x, dh), None
-                tags["cell_grads"] = f"not offered: {e}"
+            g, gc, note = _hidden(backend, spec, p, x, dh)
+            if note:
+                tags["cell_grads"] = note
             y, _ = backend.forward(spec, p, x) if kind == "sweep" else ref.forward(spec, p, x)
         elapsed = time.perf_counter() - t0
         y = np.asarray(y, dtype=np.float64)
@@ -456,8 +465,7 @@ class GradientsSuite(Suite):
     def _fd_row(self, case, cfg, backend, ref, spec, p64, x64, dh64, tags) -> Dict[str, Any]:
         xs = x64[:cfg.fd_T]
         with _quiet():
-            out = backend.hidden_grads(spec, p64, xs, dh64, return_cell=spec.is_lstm)
-        g, gc = out if spec.is_lstm else (out, None)
+            g, gc, _ = _hidden(backend, spec, p64, xs, dh64)
         err = th.fd_check_hidden_grads(ref.forward, spec, p64, xs, dh64, np.asarray(g),
                                        None if gc is None else np.asarray(gc), seed=tags["seed"])
         return self._check(case, "check_finite_difference", err <= FD_RTOL,
