@@ -23,7 +23,9 @@ from harness.core.errors import (BackendError, InputError, InputTypeError, Rnnbe
                                  Unsupported, UsageError)
 from harness.core.params import init_params
 from harness.core.spec import CellSpec
-from implementations.base import BackendBase
+from tests.plugins.acme_backend import NumpyDelegate
+from tests.plugins.linear_steps import linear_backward as _lin_backward
+from tests.plugins.linear_steps import linear_forward as _lin_forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOD = "tests.test_hostile_extensions"
@@ -65,24 +67,11 @@ def _one_clear_line(stderr: str, command: str):
 # Plug-in backends (imported by name from worker / probe processes)
 # =====================================================================================================
 
-class _Hostile(BackendBase):
+class _Hostile(NumpyDelegate):
     """A well-behaved NumPy-computing plug-in; the subclasses below each break one thing."""
 
     family = "hostile"
     variant = "hostile"
-
-    def _forward(self, spec, params, x, state):
-        from implementations.numpy import rnn
-        y, final, _ = rnn.forward(spec, params, x, state)
-        return y, final
-
-    def _vjp(self, spec, params, x, state, dy, d_final_state, algorithm, truncation):
-        from implementations.numpy import rnn
-        return rnn.vjp(spec, params, x, state, dy, d_final_state, truncation=truncation)
-
-    def _hidden_grads(self, spec, params, x, dh_T, return_cell):
-        from implementations.numpy import rnn
-        return rnn.hidden_grads(spec, params, x, dh_T, return_cell=return_cell)
 
 
 class SupportsRaises(_Hostile):
@@ -281,22 +270,6 @@ def test_cellspec_with_an_unknown_cell_lists_the_known_cells(hx_cell, bad):
 # The NumPy generic step engine with bad steps
 # =====================================================================================================
 
-def _lin_forward(lp, x_t, state):
-    (h,) = state
-    a = x_t @ lp.w_ih.T + h @ lp.w_hh.T
-    if lp.b_ih is not None:
-        a = a + lp.b_ih + lp.b_hh
-    return (a,), None
-
-
-def _lin_backward(lp, x_t, state, cache, d_new):
-    (h,) = state
-    (da,) = d_new
-    d = {"w_ih": da.T @ x_t, "w_hh": da.T @ h}
-    if lp.b_ih is not None:
-        d["b_ih"] = da.sum(axis=0)
-        d["b_hh"] = d["b_ih"].copy()
-    return d, da @ lp.w_ih, (da @ lp.w_hh,)
 
 
 def _use_step(cell, forward=_lin_forward, backward=_lin_backward):

@@ -11,16 +11,8 @@ import numpy as np
 from implementations.base import BackendBase
 
 
-class AcmeRNN(BackendBase):
-    """LSTM and tanh RNN only; BPTT and truncated BPTT; CTC through NumPy's log-space recursion."""
-
-    family = "acme"
-    variant = "acme-rnn"
-    algorithms = ("bptt", "tbptt")
-    cells = ("lstm", "rnn_tanh")
-
-    def versions(self) -> dict:
-        return {"acme": "0.0.1-test", "numpy": np.__version__}
+class NumpyDelegate(BackendBase):
+    """A plug-in whose maths is the NumPy reference's (the tests are about the harness around it)."""
 
     def _forward(self, spec, params, x, state):
         from implementations.numpy import rnn
@@ -34,6 +26,18 @@ class AcmeRNN(BackendBase):
     def _hidden_grads(self, spec, params, x, dh_T, return_cell):
         from implementations.numpy import rnn
         return rnn.hidden_grads(spec, params, x, dh_T, return_cell=return_cell)
+
+
+class AcmeRNN(NumpyDelegate):
+    """LSTM and tanh RNN only; BPTT and truncated BPTT; CTC through NumPy's log-space recursion."""
+
+    family = "acme"
+    variant = "acme-rnn"
+    algorithms = ("bptt", "tbptt")
+    cells = ("lstm", "rnn_tanh")
+
+    def versions(self) -> dict:
+        return {"acme": "0.0.1-test", "numpy": np.__version__}
 
     def _ctc(self, logits, targets, input_lengths, target_lengths, blank, zero_infinity):
         from implementations.numpy import ctc

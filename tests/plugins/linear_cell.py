@@ -10,30 +10,13 @@ import numpy as np
 
 from harness.core import cells
 from implementations.numpy import steps
+from tests.plugins.linear_steps import linear_backward, linear_forward
 
 CELL = cells.register(cells.CellDef("linear_rnn", ("h",), activation="identity",
                                     description="linear RNN (identity activation), a test-only plug-in cell"))
 
 
-def _forward(lp, x_t, state):
-    (h,) = state
-    a = x_t @ lp.w_ih.T + h @ lp.w_hh.T
-    if lp.b_ih is not None:
-        a = a + lp.b_ih + lp.b_hh
-    return (a,), None
-
-
-def _backward(lp, x_t, state, cache, d_new):
-    (h,) = state
-    (da,) = d_new
-    d = {"w_ih": da.T @ x_t, "w_hh": da.T @ h}
-    if lp.b_ih is not None:
-        d["b_ih"] = da.sum(axis=0)
-        d["b_hh"] = d["b_ih"].copy()
-    return d, da @ lp.w_ih, (da @ lp.w_hh,)
-
-
-steps.register("linear_rnn", steps.NumpyStep(_forward, _backward), replace=True)
+steps.register("linear_rnn", steps.NumpyStep(linear_forward, linear_backward), replace=True)
 
 
 def tanh_step() -> steps.NumpyStep:
