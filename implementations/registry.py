@@ -103,7 +103,7 @@ def resolution_problem(name: str) -> Optional[str]:
     try:
         _resolve(name)
     except BackendError as e:
-        return str(e)
+        return str(e).replace(f"backend {name!r}: ", "", 1)  # the caller names the backend
     except Exception as e:  # noqa: BLE001 - a plug-in named explicitly that cannot be imported: say why, stop
         return f"importing {mod!r} failed: {type(e).__name__}: {e}"
     return None

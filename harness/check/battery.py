@@ -1,12 +1,12 @@
 """``rnnbench check BACKEND``: a conformance battery for any backend, built-in or plug-in.
 
-For every cell the backend supports × layers (1, 2) × dtype it claims, on shapes that include T=1, B=1 and odd
-sizes, each *part* — the output ``y``, every part of the final state, every parameter gradient, ``dx``, every part
-of ``dstate`` and the hidden-state gradients — is compared with the float64 NumPy reference computed on the same
-(rounded) values; a part of the wrong dtype fails too (a float32 backend that computes in float64, or in
-float16, is not what it claims). Then: float64 central differences of the backend's own loss on a tiny case,
-the bad-input contract (wrong shapes and dtypes raise rnnbench's errors before any computation), the timing
-hooks (each callable runs twice; whether it converts its inputs per call), and ``versions()``.
+For every cell the backend supports × layers (1, 2) × dtype it claims, on shapes that include T=1, B=1, odd sizes
+and once without biases, each *part* — the output ``y``, every part of the final state, every parameter gradient,
+``dx``, every part of ``dstate`` and the hidden-state gradients — is compared with the float64 NumPy reference
+computed on the same (rounded) values; a part of the wrong dtype fails too (a float32 backend that computes in
+float64, or in float16, is not what it claims). Then: float64 central differences of the backend's own loss on a
+tiny case, the bad-input contract (wrong shapes and dtypes raise rnnbench's errors before any computation), the
+timing hooks (each callable runs twice; whether it converts its inputs per call), and ``versions()``.
 
 Each check is a :class:`Check` with its measured error; the battery passes when every check does.
 """
@@ -96,7 +96,8 @@ def _agreement(be, ref, spec, dtype: str, T: int, B: int, seed: int) -> Iterator
     dy = rng.standard_normal((T, B, spec.hidden_size)).astype(dtype)
     s0, dfin = _state(spec, B, rng, dtype), _state(spec, B, rng, dtype)
     dh = rng.standard_normal((B, spec.hidden_size)).astype(dtype)
-    common = dict(cell=spec.cell, layers=spec.num_layers, dtype=dtype, shape=f"T{T} B{B} I{spec.input_size} H{spec.hidden_size}")
+    common = dict(cell=spec.cell, layers=spec.num_layers, dtype=dtype,
+                  shape=f"T{T} B{B} I{spec.input_size} H{spec.hidden_size}")
     from harness.core.errors import Unsupported
     cell_grads = spec.is_lstm
     try:
@@ -173,7 +174,8 @@ def _bad_input(be, spec, dtype: str) -> Iterator[Check]:
         ("x of integers", lambda: be.forward(spec, p, np.zeros((T, B, spec.input_size), np.int64))),
         ("x in another dtype than the parameters",
          lambda: be.forward(spec, p, good.astype("float32" if dtype == "float64" else "float64"))),
-        ("a state of the wrong batch", lambda: be.forward(spec, p, good, _state(spec, B + 1, np.random.default_rng(0), dtype))),
+        ("a state of the wrong batch",
+         lambda: be.forward(spec, p, good, _state(spec, B + 1, np.random.default_rng(0), dtype))),
         ("dy of the wrong shape", lambda: be.vjp(spec, p, good, None, np.zeros((T + 1, B, spec.hidden_size), dtype))),
         ("a NaN in x", lambda: be.forward(spec, p, np.full((T, B, spec.input_size), np.nan, dtype))),
     ]
@@ -245,9 +247,13 @@ def run_check(name: str, device: str = "cpu", cells: Optional[List[str]] = None,
                 if log:
                     log(f"check {name}: {c} L={L} {dtype}")
         small = CellSpec(c, 3, 4)
+        dt = "float64" if "float64" in be.dtypes else be.dtypes[0]
+        no_bias = CellSpec(c, 5, 6, bias=False)  # the layouts without biases are a common slip too
+        if not be.supports(no_bias, dt):
+            res.checks += [Check(k.name, k.cell, k.layers, k.dtype, k.shape + " bias=False", k.part, k.error, k.tol,
+                                 k.passed, k.detail) for k in _agreement(be, ref, no_bias, dt, 7, 3, seed=5)]
         if "float64" in be.dtypes and not be.supports(small, "float64"):
             res.checks.append(_finite_differences(be, small, seed=3))
-        dt = "float64" if "float64" in be.dtypes else be.dtypes[0]
         if not be.supports(small, dt):
             res.checks += list(_bad_input(be, small, dt))
             res.checks += list(_timing_hooks(be, small, dt))

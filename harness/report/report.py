@@ -212,7 +212,7 @@ def machine_section(meta: Dict[str, Any]) -> str:
         # what each backend said of itself (plug-ins included): versions() at the start of the run
         per = [f"{k.split('@')[0]}: {', '.join(f'{n} {x}' for n, x in (d or {}).items())}"
                for k, d in bv.items() if isinstance(d, dict)]
-        lines.append(f"- **backends**: {'; '.join(per)}")
+        lines.append(f"- **backend versions**: {'; '.join(per)}")
     run_items = [("preset", meta.get("preset")), ("suites", meta.get("suites")), ("backends", meta.get("backends")),
                  ("device", meta.get("device")), ("threads", meta.get("threads")), ("seed", meta.get("seed")),
                  ("git commit", meta.get("git_commit")), ("started", meta.get("start_time")),

@@ -150,7 +150,7 @@ def section(df, fig_dir: str, **opts: Any) -> str:
     backends = _backends(d)
     out = ["## CTC", "",
            "Loss per sequence and gradient w.r.t. the unnormalised logits against the float64 NumPy reference "
-           f"(log-space forward-backward). {GREEN} within the tolerance of issue 6 (float64: relative 1e-10 on "
+           f"(log-space forward-backward). {GREEN} within the tolerance (float64: relative 1e-10 on "
            f"losses and gradients; float32: relative 1e-5 on losses, absolute 1e-5 on gradients), {RED} outside. "
            "Impossible alignments are compared after each backend's normalisation (inf loss, zero gradient).", "",
            "### Loss: max relative error", "", _error_table(d, "loss_rel_err", backends), "",
