@@ -21,8 +21,11 @@ def run(layers, x, h0):
     for p, h in zip(layers, h0):
         I, H = p["weight_ih"].shape[1], p["weight_hh"].shape[1]
         cell = eqx.nn.GRUCell(I, H, dtype=x.dtype, key=jax.random.PRNGKey(0))
+        # bias=False (the layout gives None): zero biases; equinox 0.13's use_bias=False cell adds a None bias_n
+        b = jnp.zeros(3 * H, x.dtype) if p["bias"] is None else p["bias"]
+        b_n = jnp.zeros(H, x.dtype) if p["bias_n"] is None else p["bias_n"]
         cell = eqx.tree_at(lambda c: (c.weight_ih, c.weight_hh, c.bias, c.bias_n), cell,
-                           (p["weight_ih"], p["weight_hh"], p["bias"], p["bias_n"]))
+                           (p["weight_ih"], p["weight_hh"], b, b_n))
         h, x = jax.lax.scan(lambda h, x_t: (jax.vmap(cell)(x_t, h),) * 2, h, x)
         finals.append(h)
     return x, jnp.stack(finals)

@@ -50,7 +50,8 @@ class OneBiasGradient(flax_lstm.FlaxLSTM):
     def _vjp(self, spec, params, x, state, dy, d_final_state, algorithm, truncation):
         g = super()._vjp(spec, params, x, state, dy, d_final_state, algorithm, truncation)
         for lp in g.params.layers:
-            lp.b_hh[...] = 0.0
+            if lp.b_hh is not None:
+                lp.b_hh[...] = 0.0
         return Grads(g.params, g.dx, g.dstate)
 
 
