@@ -85,6 +85,8 @@ class RunContext:
     preset: str = "quick"
     run_dir: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
+    process: int = 0  # which of the case's independent processes this is (0-based)
+    processes: int = 1  # how many processes time each case of this suite (a suite may split its budget)
 
 
 class Suite:
@@ -92,7 +94,8 @@ class Suite:
 
     name: str = "base"
     presets = PRESETS
-    #: A module with ``section(df, fig_dir, **opts) -> str``: this suite's part of the report (None: generic).
+    #: A module with ``section(df, fig_dir, **opts) -> str``: this suite's part of the report (None: generic),
+    #: and optionally ``findings(df, **opts) -> list[str]``: its bullets in the report's Findings.
     report_module: Optional[str] = None
 
     def check_preset(self, preset: str) -> None:
@@ -120,6 +123,18 @@ class Suite:
         if not self.report_module:
             return None
         return importlib.import_module(self.report_module).section(df, fig_dir, **opts)
+
+    def report_findings(self, df, **opts: Any) -> List[str]:
+        """This suite's headline findings for the top of the report: Markdown bullet lines, each linking to
+        the part of its section it comes from, derived from its rows ``df``.
+
+        The default calls ``findings`` of :attr:`report_module` where it has one (else: none). Options as for
+        :meth:`report_section`.
+        """
+        if not self.report_module:
+            return []
+        fn = getattr(importlib.import_module(self.report_module), "findings", None)
+        return list(fn(df, **opts)) if callable(fn) else []
 
 
 def get_suite(name: str) -> Suite:

@@ -27,15 +27,23 @@ def make_run(path, rows, preset="smoke", machine=MACHINE) -> str:
     path = str(path)
     with RowWriter(path, "run") as w:
         for r in rows:
-            w.write(r)
+            for x in (r if isinstance(r, list) else [r]):
+                w.write(x)
     write_meta(path, {"preset": preset, "machine": machine, "run_id": os.path.basename(path)})
     return path
 
 
-def timed(case: str, median_ms: float, seed: int, n: int = 40, spread: float = 0.02, **kw) -> dict:
+def timed(case: str, median_ms: float, seed: int, n: int = 40, spread: float = 0.02, processes: int = 3,
+          between: float = 0.01, **kw) -> list:
+    """Rows of one timing from ``processes`` independent processes (each shifted by ~``between``, relative)."""
     rng = np.random.default_rng(seed)
-    s = median_ms * (1 + spread * rng.standard_normal(n))
-    return make_row(_fields(case), kw.pop("metric", "fwd_ms"), float(np.median(s)), "ms", samples=s, mode="fwd", **kw)
+    metric = kw.pop("metric", "fwd_ms")
+    out = []
+    for k in range(processes):
+        s = median_ms * (1 + between * rng.standard_normal()) * (1 + spread * rng.standard_normal(n))
+        extra = {"process": k, "processes": processes} if processes > 1 else {}
+        out.append(make_row(_fields(case), metric, float(np.median(s)), "ms", samples=s, mode="fwd", **extra, **kw))
+    return out
 
 
 def exact(case: str, metric: str, value: float, unit: str = "rel", **kw) -> dict:
@@ -58,7 +66,7 @@ def test_clear_slowdown_is_detected_and_exits_1(tmp_path, capsys):
     by_case = {r.label["case"]: r for r in rep.rows}
     assert by_case["lstm-s"].verdict == "slower"
     assert 1.2 < by_case["lstm-s"].ratio < 1.4
-    assert by_case["lstm-s"].ci_lo > 1.1 and by_case["lstm-s"].p < 1e-6
+    assert by_case["lstm-s"].ci_lo > 1.1 and by_case["lstm-s"].p < 1e-3 and by_case["lstm-s"].procs == (3, 3)
     assert by_case["gru-s"].verdict == "same"
     g, k = rep.geomeans()["throughput"]
     assert k == 2 and 1.05 < g < 1.2
@@ -76,8 +84,10 @@ def test_identical_distributions_are_same_and_exit_0(tmp_path, capsys):
 
 def test_faster_and_rates_are_normalised(tmp_path):
     rng = np.random.default_rng(0)
-    rate_b = make_row(_fields("c"), "ceiling_gflops", 10.0, "GFLOP/s", samples=10 * (1 + 0.01 * rng.standard_normal(30)))
-    rate_n = make_row(_fields("c"), "ceiling_gflops", 5.0, "GFLOP/s", samples=5 * (1 + 0.01 * rng.standard_normal(30)))
+    rate_b = [make_row(_fields("c"), "ceiling_gflops", 10.0, "GFLOP/s", samples=10 * (1 + 0.01 * rng.standard_normal(30)),
+                       process=k, processes=3) for k in range(3)]
+    rate_n = [make_row(_fields("c"), "ceiling_gflops", 5.0, "GFLOP/s", samples=5 * (1 + 0.01 * rng.standard_normal(30)),
+                       process=k, processes=3) for k in range(3)]
     base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 7), rate_b])
     new = make_run(tmp_path / "b", [timed("lstm-s", 0.7, 8), rate_n])
     rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
@@ -181,3 +191,35 @@ def test_asv_result_files(tmp_path, capsys):
     assert run_cli(a, _asv_file(tmp_path / "c.json", 1.01e-3, (0.96e-3, 1.06e-3))) == 0
     capsys.readouterr()
     assert run_cli(a, tmp_path) == 2  # an asv file against a directory
+
+
+def test_one_process_per_side_is_inconclusive_not_a_verdict(tmp_path, capsys):
+    """All samples from one process: a 30 % difference cannot be told from a process effect; exit 0, said so."""
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 1, processes=1)])
+    new = make_run(tmp_path / "b", [timed("lstm-s", 1.3, 3, processes=1)])
+    assert run_cli(base, new) == 0
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE" in out and "fewer than 3 processes" in out
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    assert rep.rows[0].verdict == "inconclusive" and rep.rows[0].procs == (1, 1)
+
+
+def test_processes_that_disagree_are_inconclusive(tmp_path):
+    """A 20 % shift that is within the spread between processes (sd 25 %) is not called a slowdown."""
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 11, between=0.25)])
+    new = make_run(tmp_path / "b", [timed("lstm-s", 1.2, 12, between=0.25)])
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    r = rep.rows[0]
+    assert r.verdict in ("inconclusive", "same") and not rep.failed and r.procs == (3, 3)
+
+
+def test_process_rows_merge_into_one_measurement(tmp_path):
+    """records.load merges the processes: one row, the median of the process medians, samples by process."""
+    from harness.measure import records
+    rows = timed("lstm-s", 1.0, 21)
+    d = make_run(tmp_path / "a", [rows])
+    df = records.load(d)
+    assert len(df) == 1 and int(df.processes.iloc[0]) == 3
+    assert df.value.iloc[0] == pytest.approx(float(np.median([r["value"] for r in rows])))
+    assert [len(g) for g in df.process_samples.iloc[0]] == [40, 40, 40] and df.n.iloc[0] == 120
+    assert len(records.load(d, merge=False)) == 3

@@ -40,7 +40,12 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run suites and record every measurement",
                        description="Run benchmark suites. Each finished measurement is appended to DIR/rows.jsonl "
                                    "(flushed and fsynced) before the next starts; DIR/meta.json records the "
-                                   "machine, versions, seed and command.",
+                                   "machine, versions, seed and command.\n\nExit status: 0 when every case ran "
+                                   "and passed its checks; 1 when any row is error/oom/timeout (a failed "
+                                   "correctness check, a crash) or a backend named with --backend cannot run here "
+                                   "(the run still finishes every case); 2 bad usage; 130 interrupted. Rows with "
+                                   "status 'limit' (a gradient curve that reached the edge of its float format) "
+                                   "are expected results, not failures.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suites", nargs="*", metavar="SUITE",
                    help=f"suites to run (default: all present): {', '.join(SUITES)}, or module:ATTR for a "
@@ -65,6 +70,10 @@ def _add_run(sub) -> None:
                         "smoke/quick/full); a case over it is killed and recorded as 'timeout'")
     p.add_argument("--budget", type=float, metavar="S",
                    help="seconds of timed repeats per measurement (default: set by the preset)")
+    p.add_argument("--processes", type=int, metavar="N", default=None,
+                   help="independent worker processes that time each case, in interleaved rounds (default: the "
+                        "suite's: 3 for throughput, 1 for suites that time nothing); compare needs >= 3 per side "
+                        "to judge a timing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (plain lines instead)")
     p.add_argument("--report", action="store_true", help="write the report when the run ends")
 
@@ -201,12 +210,18 @@ def cmd_run(args) -> int:
         out = run_suites(args.suites or None, preset=args.preset, backends=args.backend, device=args.device,
                          out=args.out, resume=args.resume, threads=args.threads, seed=args.seed,
                          timeout=args.timeout, budget=args.budget,
-                         progress=False if args.no_progress else None, argv=sys.argv, next_hint=not args.report)
+                         progress=False if args.no_progress else None, argv=sys.argv, next_hint=not args.report,
+                         processes=args.processes)
     except KeyboardInterrupt:
         return 130
     if args.report:
         from harness.report.report import write_report
         print(f"report: {write_report(out)}")
+    from harness.run.runner import run_problems
+    problems = run_problems(out)
+    if problems:  # every case ran and is recorded; the exit code tells CI that something failed
+        print("run FAILED: " + "; ".join(problems), file=sys.stderr)
+        return EXIT_FAIL
     return EXIT_OK
 
 

@@ -6,11 +6,17 @@ Inputs are two run directories (``rows.jsonl`` + ``meta.json``) or two asv resul
 ``algorithm``, ...). Each match is one of three kinds:
 
 ``timed``
-    raw samples on both sides (a time or a rate). Ratio of medians new/base, normalised so that
-    > 1 means *worse* (slower, or a lower rate); a seeded percentile bootstrap 95 % CI of that ratio;
-    a two-sided Mann–Whitney U p-value. Verdict ``slower`` when ratio > threshold and p < alpha,
-    ``faster`` when ratio < 1/threshold and p < alpha, else ``same``. (asv files keep no samples unless
-    run with ``--record-samples``; there asv's own rule applies: non-overlapping 99 % CIs.)
+    raw samples on both sides (a time or a rate), grouped by the independent process that took them
+    (``rnnbench run`` times each case in several processes, in interleaved rounds). The process is the
+    unit: samples of one process share its state (clock, caches, memory layout, JIT), so their spread says
+    nothing about how a second run will differ. Ratio = median of the per-process medians, new/base,
+    normalised so that > 1 means *worse* (slower, or a lower rate); a hierarchical bootstrap 95 % CI
+    (processes, then samples); a two-sided Welch t-test on the logs of the per-process medians. Verdict
+    ``slower`` when ratio > threshold and p < alpha, ``faster`` when ratio < 1/threshold and p < alpha,
+    ``inconclusive`` when the ratio is past the threshold but either side has fewer than
+    :data:`~harness.measure.stats.MIN_PROCESSES` processes (an old run, or ``--processes 1``) or the
+    processes disagree (p >= alpha), else ``same``. (asv files keep no samples unless run with
+    ``--record-samples``; there asv's own rule applies: non-overlapping 99 % CIs.)
 ``exact``
     deterministic numbers (``*_error``, ``*_bytes``, ``check_*``, counts): compared against tolerances,
     not statistically (see :data:`EXACT_RULES`). An error that grows past its tolerance is ``worse``.
@@ -18,8 +24,9 @@ Inputs are two run directories (``rows.jsonl`` + ``meta.json``) or two asv resul
     single values without samples (``compile_s``), and numbers recomputed from the timed samples
     (``gflops``, ``tokens_per_s``, ``eff_*``, ...: :data:`DERIVED`). Counted, not judged.
 
-Exit codes of :func:`cli_compare`: 0 no regression, 1 a significant slowdown or a deterministic metric
-past its tolerance, 2 bad input (missing directory, nothing comparable, no raw samples).
+Exit codes of :func:`cli_compare`: 0 no regression (``inconclusive`` comparisons are listed, and do not fail),
+1 a significant slowdown or a deterministic metric past its tolerance, 2 bad input (missing directory, nothing
+comparable, no raw samples).
 """
 from __future__ import annotations
 
@@ -35,8 +42,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from harness.core.errors import InputError
-from harness.measure.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_median_ci,  # noqa: F401
-                                  bootstrap_ratio_ci, mann_whitney_p, ratio_stats, signed_rank_p)
+from harness.measure.records import IDENTITY_EXTRAS
+from harness.measure.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_PROCESSES,  # noqa: F401
+                                  bootstrap_median_ci, bootstrap_ratio_ci, mann_whitney_p, process_ratio_stats,
+                                  ratio_stats, signed_rank_p)
 
 DEFAULT_THRESHOLD = 1.10
 DEFAULT_ALPHA = 0.01
@@ -44,8 +53,7 @@ DEFAULT_ALPHA = 0.01
 #: Metrics that are recomputed from the timed samples of the same case (no information of their own).
 DERIVED = frozenset({"tokens_per_s", "us_per_step", "gflops", "gflops_deepbench", "eff_gemm", "eff_recurrent"})
 #: Extra columns that distinguish two rows of one case and metric.
-KEY_EXTRAS = ("mode", "step", "algorithm", "truncation", "rho", "forget_bias", "gate_bias", "input_scale", "init",
-              "kind", "seed", "T_eval", "phase", "probe")
+KEY_EXTRAS = IDENTITY_EXTRAS
 KEY_COLUMNS = ("suite", "case", "backend", "device", "dtype", "metric")
 
 
@@ -106,6 +114,13 @@ class Entry:
     tol: Optional[float] = None
     status: str = "ok"
     reason: str = ""
+    process_samples: Optional[List[np.ndarray]] = None  # one array per independent process
+
+    def groups(self) -> List[np.ndarray]:
+        """The samples by process (all in one group when the run kept no process structure)."""
+        if self.process_samples:
+            return self.process_samples
+        return [self.samples] if self.samples is not None else []
 
 
 @dataclass
@@ -162,9 +177,14 @@ def load_run(path: str) -> ResultSet:
         s = rec.get("samples")
         samples = np.asarray(s, dtype=float) if isinstance(s, (list, tuple, np.ndarray)) and len(s) else None
         tol = _clean(rec.get("tol")) if "tol" in df.columns else None
+        ps = rec.get("process_samples") if "process_samples" in df.columns else None
+        groups = None
+        if isinstance(ps, (list, tuple)) and ps and all(isinstance(g, (list, tuple)) and g for g in ps):
+            groups = [np.asarray(g, dtype=float) for g in ps]
         entries[key] = Entry(key, label, _clean(rec.get("value")), str(rec.get("unit") or ""), samples,
                              tol=tol if isinstance(tol, (int, float)) else None,
-                             status=str(rec.get("status") or "ok"), reason=str(_clean(rec.get("reason")) or ""))
+                             status=str(rec.get("status") or "ok"), reason=str(_clean(rec.get("reason")) or ""),
+                             process_samples=groups)
     from harness.measure.records import machine_key
     return ResultSet(path, "run", entries, machine_key(meta) if meta else "unknown", meta.get("preset"),
                      str(meta.get("run_id") or os.path.basename(os.path.normpath(path))))
@@ -254,6 +274,7 @@ class Comparison:
     p: float = math.nan
     verdict: str = "same"
     why: str = ""
+    procs: Tuple[int, int] = (0, 0)  # independent processes (base, new) of a timed comparison
 
     @property
     def failed(self) -> bool:
@@ -368,12 +389,17 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
             rep.rows.append(c)
             continue
         hb = higher_is_better(metric, unit)
+        procs_ok = True
         if b.samples is not None and n.samples is not None and len(b.samples) and len(n.samples):
             c.kind = "timed"
-            st = ratio_stats(b.samples, n.samples, higher_better=hb)
+            st = process_ratio_stats(b.groups(), n.groups(), higher_better=hb)
             c.ratio, c.ci_lo, c.ci_hi, c.p = st["ratio"], st["ci_lo"], st["ci_hi"], st["p"]
-            significant = c.p < alpha
-            basis = f"p={c.p:.2g}"
+            c.procs = (st["procs_base"], st["procs_new"])
+            procs_ok = min(c.procs) >= MIN_PROCESSES
+            significant = procs_ok and c.p < alpha
+            basis = (f"p={c.p:.2g} over {c.procs[0]}+{c.procs[1]} processes" if procs_ok else
+                     f"{c.procs[0]}+{c.procs[1]} process(es): need >= {MIN_PROCESSES} per side to judge "
+                     f"(rnnbench run --processes {MIN_PROCESSES})")
         elif b.ci99 is not None and n.ci99 is not None and b.value and n.value:
             c.kind = "timed"
             c.ratio = (b.value / n.value) if hb else (n.value / b.value)
@@ -388,6 +414,10 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
             c.verdict, c.why = "slower", f"ratio {c.ratio:.3f} > {threshold:g}, {basis}"
         elif significant and c.ratio < 1.0 / threshold:
             c.verdict, c.why = "faster", f"ratio {c.ratio:.3f} < {1 / threshold:.3f}, {basis}"
+        elif c.ratio > threshold or c.ratio < 1.0 / threshold:
+            c.verdict = "inconclusive"
+            c.why = (f"ratio {c.ratio:.3f} past {threshold:g}, but " +
+                     (basis if not procs_ok else f"the processes disagree ({basis}, alpha {alpha:g})"))
         else:
             c.verdict = "same"
             c.why = basis if not significant else f"significant but within {threshold:g} ({basis})"
@@ -409,7 +439,7 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def _table(rep: Report) -> Tuple[List[str], List[List[str]]]:
-    head = ["suite", "case", "backend", "metric", "base", "new", "ratio", "95% CI", "p", "verdict"]
+    head = ["suite", "case", "backend", "metric", "base", "new", "ratio", "95% CI", "p", "procs", "verdict"]
     body = []
     for r in sorted(rep.rows, key=lambda r: (not r.failed, str(r.label.get("suite")), r.name(),
                                               str(r.label.get("metric")))):
@@ -417,7 +447,8 @@ def _table(rep: Report) -> Tuple[List[str], List[List[str]]]:
         body.append([str(r.label.get("suite") or ""), r.name(), str(r.label.get("backend") or ""),
                      str(r.label.get("metric")), _fmt(r.base), _fmt(r.new),
                      f"{r.ratio:.3f}" if math.isfinite(r.ratio) else "-", ci,
-                     f"{r.p:.2g}" if math.isfinite(r.p) else "-", r.verdict])
+                     f"{r.p:.2g}" if math.isfinite(r.p) else "-",
+                     f"{r.procs[0]}/{r.procs[1]}" if r.kind == "timed" and any(r.procs) else "-", r.verdict])
     return head, body
 
 
@@ -446,6 +477,14 @@ def summary_line(rep: Report) -> str:
     if rep.failed:
         worst = ", ".join(f"{r.label.get('case')}/{r.label.get('metric')} ({r.why})" for r in rep.failed[:5])
         return f"REGRESSION: {len(rep.failed)} of {len(rep.rows)} ({parts}{tail}): {worst}"
+    inc = [r for r in rep.rows if r.verdict == "inconclusive"]
+    if inc:
+        few = sum(1 for r in inc if min(r.procs) < MIN_PROCESSES)
+        why = (f"{few} with fewer than {MIN_PROCESSES} processes on a side" if few else "") + \
+              (", " if few and few < len(inc) else "") + \
+              (f"{len(inc) - few} whose processes disagree" if few < len(inc) else "")
+        return (f"OK: no regression shown in {len(rep.rows)} comparison(s) ({parts}{tail}); INCONCLUSIVE: "
+                f"{len(inc)} past the threshold but not judged ({why})")
     return f"OK: no regression in {len(rep.rows)} comparison(s) ({parts}{tail})"
 
 

@@ -33,7 +33,16 @@ LOCK_FILE = ".lock"
 COLUMNS = ("run_id", "suite", "case", "backend", "variant", "device", "dtype", "cell", "layers", "batch",
            "seq_len", "input_size", "hidden_size", "metric", "value", "unit", "n", "q25", "q75", "samples",
            "status", "reason", "extra", "case_key", "attempt")
-STATUSES = ("ok", "skipped", "error", "oom", "timeout")
+STATUSES = ("ok", "skipped", "error", "oom", "timeout", "limit")
+#: ``limit``: an expected result at the edge of the number format (a gradient curve that under/overflows
+#: float64 is recorded where it ends), not a failure: counted apart from ``error`` everywhere.
+#: Statuses that mean something went wrong (``rnnbench run`` exits 1 when any row has one).
+FAILED_STATUSES = ("error", "oom", "timeout")
+#: Extra columns that distinguish two rows of one case and metric (the identity of a measurement).
+IDENTITY_EXTRAS = ("mode", "step", "algorithm", "truncation", "rho", "forget_bias", "gate_bias", "input_scale",
+                   "init", "kind", "seed", "T_eval", "phase", "probe")
+#: Which status a merged measurement takes when its processes disagree (first found wins).
+_MERGE_ORDER = ("error", "timeout", "oom", "limit", "ok", "skipped")
 #: Case fields copied into every row of the case.
 CASE_FIELDS = ("suite", "case", "backend", "variant", "device", "dtype", "cell", "layers", "batch", "seq_len",
                "input_size", "hidden_size")
@@ -153,11 +162,95 @@ def scan(run_dir: str) -> Tuple[List[dict], Dict[str, int], Set[str], List[int]]
     return rows, latest, done, bad
 
 
-def load(run_dir: str):
+def base_case_key(case_key: Optional[str]) -> Optional[str]:
+    """The case key without the runner's ``#pK`` process suffix."""
+    if case_key is None:
+        return None
+    head, sep, tail = case_key.rpartition("#p")
+    return head if sep and tail.isdigit() else case_key
+
+
+def _is_error_metric(metric: str) -> bool:
+    return metric.endswith(("error", "_err")) or "_error_" in metric
+
+
+def merge_processes(rows: List[dict]) -> List[dict]:
+    """Rows of the same measurement from several processes (``extra.process``) merged into one row.
+
+    The merged row keeps the first process's fields, with ``case_key`` without its ``#pK`` suffix and:
+
+    - timed rows (samples in every process): ``value`` the median of the per-process values (for an odd
+      count, the middle process), ``samples`` all of them, ``q25``/``q75`` of the pooled samples, and in
+      ``extra`` ``process_values`` and ``process_samples`` (a list per process, in process order);
+    - rows without samples: the median value, or the largest magnitude for errors (the worst process);
+    - ``extra.processes``: how many processes the row merges;
+    - the status: a failure in any process wins (its reason prefixed with the process), then ``limit``,
+      ``ok`` and ``skipped``.
+
+    Rows without ``extra.process`` are returned unchanged, in their order.
+    """
+    groups: Dict[Tuple, List[dict]] = {}
+    order: List[Any] = []
+    seen: Dict[Tuple, int] = {}
+    for r in rows:
+        extra = r.get("extra") or {}
+        if "process" not in extra:
+            order.append(r)
+            continue
+        ident = (base_case_key(r.get("case_key")), r.get("metric"), *(r.get(k) for k in CASE_FIELDS),
+                 tuple(str(extra.get(k)) for k in IDENTITY_EXTRAS))
+        occ_key = ident + (extra.get("process"),)
+        occ = seen.get(occ_key, 0)
+        seen[occ_key] = occ + 1
+        key = ident + (occ,)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(r)
+    return [x if isinstance(x, dict) else _merge_group(groups[x]) for x in order]
+
+
+def _merge_group(parts: List[dict]) -> dict:
+    parts = sorted(parts, key=lambda r: int((r.get("extra") or {}).get("process", 0)))
+    out = dict(parts[0])
+    extra = dict(out.get("extra") or {})
+    extra.pop("process", None)
+    extra["processes"] = len(parts)
+    out["case_key"] = base_case_key(out.get("case_key"))
+    statuses = [p.get("status") or "ok" for p in parts]
+    status = next(s for s in _MERGE_ORDER + tuple(statuses) if s in statuses)
+    out["status"] = status
+    if status not in ("ok", "skipped"):
+        bad = next(p for p in parts if (p.get("status") or "ok") == status)
+        k = (bad.get("extra") or {}).get("process", 0)
+        out["reason"] = f"process {int(k) + 1} of {len(parts)}: {bad.get('reason') or ''}"
+    ok = [p for p in parts if (p.get("status") or "ok") in ("ok", "limit") and p.get("value") is not None]
+    vals = [float(p["value"]) for p in ok]
+    if vals:
+        if all(p.get("samples") for p in ok):
+            pooled = [x for p in ok for x in p["samples"]]
+            out["samples"] = pooled
+            out["value"] = float(np.median(vals))
+            out["q25"] = float(np.percentile(pooled, 25))
+            out["q75"] = float(np.percentile(pooled, 75))
+            out["n"] = len(pooled)
+            extra["process_values"] = vals
+            extra["process_samples"] = [list(p["samples"]) for p in ok]
+        elif _is_error_metric(str(out.get("metric"))):
+            out["value"] = max(vals, key=abs)
+        else:
+            out["value"] = float(np.median(vals))
+    out["extra"] = extra
+    return out
+
+
+def load(run_dir: str, merge: bool = True):
     """A run directory as a pandas DataFrame, one row per measurement, ``extra`` flattened into columns.
 
     Unparseable lines (a torn last line after a kill) are skipped with a warning; their line numbers
-    are in ``df.attrs["bad_lines"]``. ``df.attrs["meta"]`` holds meta.json (or {}).
+    are in ``df.attrs["bad_lines"]``. ``df.attrs["meta"]`` holds meta.json (or {}). With ``merge`` (the
+    default) the processes of one measurement become one row (:func:`merge_processes`); ``merge=False``
+    keeps a row per process (columns ``process``, ``processes``).
     """
     import pandas as pd
 
@@ -169,12 +262,20 @@ def load(run_dir: str):
     if bad:
         warnings.warn(f"{run_dir}/{ROWS_FILE}: skipped {len(bad)} unparseable line(s) {bad[:5]} "
                       "(a torn write from an interrupted run?)", stacklevel=2)
+    # A merged row is complete when every one of its processes finished.
+    complete = {r.get("case_key"): r.get("case_key") in done for r in rows if r.get("case_key") is not None}
+    by_case: Dict[str, bool] = {}
+    for k, v in complete.items():
+        b = base_case_key(k)
+        by_case[b] = by_case.get(b, True) and v
     flat = []
-    for r in rows:
+    for r in (merge_processes(rows) if merge else rows):
         d = {k: r.get(k) for k in COLUMNS}
         for k, v in (r.get("extra") or {}).items():
             d[k if k not in d else f"extra.{k}"] = v
-        d["complete"] = r.get("case_key") in done if r.get("case_key") is not None else True
+        key = r.get("case_key")
+        d["complete"] = True if key is None else (by_case.get(base_case_key(key), False) if merge
+                                                    else complete.get(key, False))
         flat.append(d)
     df = pd.DataFrame(flat, columns=None if flat else list(COLUMNS) + ["complete"])
     df.attrs["bad_lines"] = bad

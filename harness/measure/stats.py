@@ -5,7 +5,7 @@ scipy.stats does the tests; the bootstraps are seeded so that the same inputs al
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -92,3 +92,64 @@ def bootstrap_median_ci(values: Sequence[float], confidence: float = 0.95, resam
     return float(lo), float(hi)
 
 
+
+
+#: Fewer independent processes than this on either side: a timing difference cannot be judged.
+MIN_PROCESSES = 3
+
+
+def _process_medians(groups: Sequence[Sequence[float]], higher_better: bool) -> List[np.ndarray]:
+    out = []
+    for g in groups:
+        a = np.asarray(g, dtype=float)
+        a = a[np.isfinite(a) & (a > 0)]
+        if len(a):
+            out.append(1.0 / a if higher_better else a)
+    return out
+
+
+def process_ratio_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequence[Sequence[float]],
+                        higher_better: bool = False, confidence: float = 0.95,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Dict[str, float]:
+    """Compare two runs whose samples come in independent processes (one list of samples per process).
+
+    - ``ratio``: median over processes of the per-process medians, new / base (> 1 worse; rates are
+      compared through their reciprocals);
+    - ``p``: two-sided Welch t-test on the logs of the per-process medians: the process, not the sample,
+      is the unit (samples of one process share its state: clock, caches, memory layout, JIT), so a
+      difference must stand out against the spread *between processes* to count;
+    - ``ci_lo``/``ci_hi``: hierarchical percentile bootstrap of the ratio (processes resampled, then the
+      samples inside each), seeded;
+    - ``spread``: pooled standard deviation of the log per-process medians (the noise the test sees);
+    - ``procs_base``/``procs_new``: processes on each side. With fewer than 2 on a side ``p`` is NaN.
+    """
+    from scipy.stats import ttest_ind
+    b = _process_medians(base_groups, higher_better)
+    n = _process_medians(new_groups, higher_better)
+    out = {"ratio": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p": math.nan, "spread": math.nan,
+           "procs_base": len(b), "procs_new": len(n)}
+    if not b or not n:
+        return out
+    mb = np.array([np.median(g) for g in b])
+    mn = np.array([np.median(g) for g in n])
+    out["ratio"] = float(np.median(mn) / np.median(mb))
+    lb, ln = np.log(mb), np.log(mn)
+    if len(b) >= 2 and len(n) >= 2:
+        ss = ((lb - lb.mean()) ** 2).sum() + ((ln - ln.mean()) ** 2).sum()
+        out["spread"] = float(math.sqrt(ss / (len(b) + len(n) - 2)))
+        if ss == 0.0:
+            out["p"] = 1.0 if lb.mean() == ln.mean() else 0.0
+        else:
+            out["p"] = float(ttest_ind(ln, lb, equal_var=False).pvalue)
+    rng = np.random.default_rng(seed)
+
+    def boot(groups):  # (resamples,) medians of per-process medians, both levels resampled
+        per = np.stack([np.median(g[rng.integers(0, len(g), (resamples, len(g)))], axis=1) for g in groups])
+        pick = rng.integers(0, len(groups), (resamples, len(groups)))
+        return np.median(np.take_along_axis(per.T, pick, axis=1), axis=1)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = boot(n) / boot(b)
+    a = (1 - confidence) / 2
+    out["ci_lo"], out["ci_hi"] = (float(x) for x in np.nanpercentile(r, [100 * a, 100 * (1 - a)]))
+    return out

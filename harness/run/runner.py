@@ -15,6 +15,14 @@
   second run refuse, a dead one's lock is taken over.
 - Ctrl-C (or SIGTERM) kills the worker, keeps everything written, prints how to resume; exit code 130.
 
+Processes: a suite that times things declares ``processes`` (a number, or a dict preset -> number); each of
+its cases then runs in that many independent worker processes, one per *round*: round 0 runs every case once,
+round 1 runs them all again in fresh workers, and so on (asv's ``--interleave-processes``), so that the
+variation between processes, and slow drifts of the machine, show up as a spread ``compare`` can judge.
+``--processes N`` overrides every suite. Round ``k > 0`` of a case has its own done-marker
+(``case_key#pK``) and rows with ``process`` and ``processes`` in ``extra``; :func:`harness.measure.records.load`
+merges the processes of a measurement back into one row.
+
 Per-case time limit (seconds): ``--timeout`` if given, else ``case.settings["timeout_s"]``, else the suite's
 ``timeout_s`` attribute (a number, or a dict preset -> number), else :data:`DEFAULT_TIMEOUT_S` by preset.
 """
@@ -34,8 +42,8 @@ import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.core.errors import InputTypeError, UsageError
-from harness.measure.records import (LOCK_FILE, ROWS_FILE, RowWriter, collect_meta, portable_argv, read_meta, scan,
-                             write_meta)
+from harness.measure.records import (LOCK_FILE, ROWS_FILE, RowWriter, collect_meta, merge_processes, portable_argv,
+                                    read_meta, scan, write_meta)
 
 #: Per-case time limit (seconds) by preset when neither --timeout, the case nor the suite says otherwise.
 DEFAULT_TIMEOUT_S = {"smoke": 300.0, "quick": 900.0, "full": 3600.0}
@@ -45,6 +53,8 @@ WORKER_START_TIMEOUT_S = 120.0
 #: Lines of traceback kept in an error row's extra.
 TRACEBACK_LINES = 12
 DEFAULT_PRESET = "quick"
+#: More processes than this per case is a typo, not a plan.
+MAX_PROCESSES = 50
 DEFAULT_SEED = 0
 
 
@@ -96,6 +106,21 @@ def check_backends(names: Sequence[str]) -> List[str]:
         if b not in out:
             out.append(b)
     return out
+
+
+def case_processes(suite, preset: str, override: Optional[int]) -> int:
+    """How many independent processes time each case of ``suite`` (``--processes``, else the suite's, else 1)."""
+    if override is not None:
+        return int(override)
+    p = getattr(suite, "processes", None)
+    if isinstance(p, dict):
+        p = p.get(preset)
+    return int(p) if isinstance(p, int) and not isinstance(p, bool) and p >= 1 else 1
+
+
+def process_key(case_key: str, process: int) -> str:
+    """The done-marker key of round ``process`` of a case (round 0 keeps the case's own key)."""
+    return case_key if process == 0 else f"{case_key}#p{process}"
 
 
 def case_timeout(case, suite, preset: str, override: Optional[float]) -> float:
@@ -358,22 +383,22 @@ class _Progress:
             except ImportError:
                 self.bar = None
 
-    def start(self, case) -> None:
+    def start(self, case, label: str = "") -> None:
         if self.bar is not None:
-            self.bar.set_description_str(f"{case.suite}/{case.backend} {case.name}"[:60])
+            self.bar.set_description_str(f"{case.suite}/{case.backend} {case.name}{label}"[:60])
 
-    def finish(self, case, status: str, nrows: int, secs: float, reason: str = "") -> None:
+    def finish(self, case, status: str, nrows: int, secs: float, reason: str = "", label: str = "") -> None:
         self.i += 1
         if self.bar is not None:
             self.bar.update(1)
-            if status not in ("ok", "skipped"):
-                self.bar.write(f"{case.key}: {status}: {reason}"[:300], file=sys.stderr)
+            if status not in ("ok", "skipped", "limit"):
+                self.bar.write(f"{case.key}{label}: {status}: {reason}"[:300], file=sys.stderr)
             return
         elapsed = time.monotonic() - self.t0
         eta = elapsed / self.i * (self.total - self.i)
-        tail = f": {reason}" if reason and status != "ok" else ""
-        print(f"[{self.i}/{self.total}] {case.key}: {status} ({nrows} rows, {secs:.1f} s; ETA {eta:.0f} s){tail}"
-              [:400], flush=True)
+        tail = f": {reason}" if reason and status not in ("ok", "limit") else ""
+        print(f"[{self.i}/{self.total}] {case.key}{label}: {status} ({nrows} rows, {secs:.1f} s; ETA {eta:.0f} s)"
+              f"{tail}"[:400], flush=True)
 
     def message(self, text: str) -> None:
         if self.bar is not None:
@@ -398,8 +423,9 @@ def _case_status(statuses: List[str]) -> str:
 
 
 def _counts(run_dir: str) -> Dict[str, int]:
+    """Rows by status, the processes of one measurement counted once (as :func:`records.load` merges them)."""
     rows, _, _, _ = scan(run_dir)
-    return dict(collections.Counter(r.get("status") or "ok" for r in rows))
+    return dict(collections.Counter(r.get("status") or "ok" for r in merge_processes(rows)))
 
 
 def _resolve_settings(resume: bool, meta: Dict[str, Any], **given: Any) -> Dict[str, Any]:
@@ -407,10 +433,10 @@ def _resolve_settings(resume: bool, meta: Dict[str, Any], **given: Any) -> Dict[
     out = dict(given)
     if not (resume and meta):
         return out
-    for k in ("suites", "backends", "preset", "device", "threads", "seed"):
+    for k in ("suites", "backends", "preset", "device", "threads", "seed", "processes"):
         if out.get(k) is None:
             out[k] = meta.get(k)
-        elif k in ("preset", "device", "threads", "seed") and meta.get(k) is not None and out[k] != meta[k]:
+        elif k in ("preset", "device", "threads", "seed", "processes") and meta.get(k) is not None and out[k] != meta[k]:
             raise UsageError(f"--{k}: got {out[k]!r} but the run being resumed used {meta[k]!r}; "
                              "a resumed run keeps its settings (leave the option out)")
     return out
@@ -420,7 +446,8 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
                backends: Optional[Sequence[str]] = None, device: Optional[str] = None, out: Optional[str] = None,
                resume: bool = False, threads: Optional[int] = None, seed: Optional[int] = None,
                timeout: Optional[float] = None, budget: Optional[float] = None, progress: Optional[bool] = None,
-               argv: Optional[Sequence[str]] = None, next_hint: bool = True) -> str:
+               argv: Optional[Sequence[str]] = None, next_hint: bool = True,
+               processes: Optional[int] = None) -> str:
     """Run the cases of ``suite_names`` and record them in ``out``; return the run directory.
 
     Args:
@@ -437,6 +464,8 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
         progress: True: tqdm bar; False: plain lines; None: a bar if stderr is a terminal.
         argv: the command line, for meta.json.
         next_hint: end the summary with the ``rnnbench report`` command to run next.
+        processes: independent worker processes per case for every suite (default: each suite's own; 1 for
+            suites that time nothing). See the module docstring.
 
     Raises:
         UsageError: bad names, a bad ``out``, a directory in use. KeyboardInterrupt after a clean stop.
@@ -454,7 +483,11 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
         raise UsageError("--resume needs --out DIR (the run to finish)")
     s = _resolve_settings(resume, meta_old, suites=list(suite_names) if suite_names else None,
                           backends=list(backends) if backends else None, preset=preset, device=device,
-                          threads=threads, seed=seed)
+                          threads=threads, seed=seed, processes=processes)
+    processes = s["processes"]
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
+                                  or not 1 <= processes <= MAX_PROCESSES):
+        raise UsageError(f"--processes: got {processes!r}; expected an integer from 1 to {MAX_PROCESSES}")
     preset = s["preset"] or DEFAULT_PRESET
     device = s["device"] or "cpu"
     seed = DEFAULT_SEED if s["seed"] is None else s["seed"]
@@ -522,13 +555,14 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
         return _run_locked(out, lock, cases, meta_old, preset=preset, device=device, seed=seed, threads=threads,
                            timeout=timeout, budget=budget, progress=progress, argv=argv, resume=resume,
                            suites=[n for n, *_ in resolved], backends=backend_names, next_hint=next_hint,
-                           unavailable=unavailable)
+                           unavailable=unavailable, processes=processes)
     finally:
         release_lock(lock)
 
 
 def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, threads, timeout, budget,
-                progress, argv, resume, suites, backends, next_hint=True, unavailable=None) -> str:
+                progress, argv, resume, suites, backends, next_hint=True, unavailable=None,
+                processes=None) -> str:
     from implementations import registry as reg
     from harness.measure import threads as th
     from suites.base import RunContext
@@ -544,20 +578,24 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
         meta = collect_meta(run_id=f"{_utc_stamp()}-{preset}", seed=seed, preset=preset, suites=suites,
                             backends=backends, device=device, threads=threads, argv=list(argv or sys.argv),
                             timeout_s=timeout, budget_s=budget, thread_settings=th.describe(threads),
-                            status="running", unavailable_backends=dict(unavailable or {}))
+                            processes=processes, status="running", unavailable_backends=dict(unavailable or {}))
     write_meta(out, meta)
 
     if resume and os.path.exists(os.path.join(out, ROWS_FILE)):
         _, latest, done, bad = scan(out)
     else:
         latest, done, bad = {}, set(), []
-    todo = [t for t in cases if t[0].key not in done]
-    ctx = RunContext(seed=seed, threads=threads, budget_s=budget, preset=preset, run_dir=os.path.abspath(out))
+    # One item per case and process: (case, module, attr, suite, process index, process count).
+    todo = []
+    for c, module, attr, su in cases:
+        n_proc = case_processes(su, preset, processes)
+        todo += [(c, module, attr, su, k, n_proc) for k in range(n_proc) if process_key(c.key, k) not in done]
+    finished_cases = len({c.key for c, *_ in cases} - {t[0].key for t in todo})
     bar = sys.stderr.isatty() if progress is None else bool(progress)
     prog = _Progress(len(todo), bar)
     if resume:
-        prog.message(f"resuming {out}: {len(cases) - len(todo)} case(s) already finished, {len(todo)} to run"
-                     + (f" ({len(bad)} torn line(s) ignored)" if bad else ""))
+        prog.message(f"resuming {out}: {finished_cases} case(s) already finished, {len(todo)} case-process(es) "
+                     "to run" + (f" ({len(bad)} torn line(s) ignored)" if bad else ""))
 
     if unavailable:
         prog.message("not available here (left out): " + "; ".join(f"{n}: {r}" for n, r in unavailable.items()))
@@ -581,30 +619,38 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
         # Unavailable backends first: one skipped row per case, nothing run.
         runnable = []
         for t in todo:
-            c = t[0]
+            c, k = t[0], t[4]
             info = probes[(c.backend, c.device)]
             if info.available:
                 runnable.append(t)
+                continue
+            if k > 0:  # an unavailable backend gets one skipped row, not one per process
+                prog.finish(c, "skipped", 0, 0.0, info.reason, label=f" (process {k + 1}/{t[5]})")
                 continue
             attempt = latest.get(c.key, 0) + 1
             writer.write(_stamp(c.row("status", None, "", status="skipped", reason=info.reason), c, attempt, threads))
             writer.mark_done(c.key, attempt)
             prog.finish(c, "skipped", 1, 0.0, info.reason)
-        # Group by family (declared by the backend's class), in order of first appearance; one worker per family.
-        groups: Dict[str, list] = collections.OrderedDict()
-        for t in runnable:
+        # Rounds of processes (round 0 of every case, then round 1, ...); within a round, one fresh worker per
+        # family (declared by the backend's class), families in order of first appearance.
+        groups: Dict[Tuple[int, int, str], list] = collections.OrderedDict()
+        for t in sorted(runnable, key=lambda t: t[4]):
             info = probes[(t[0].backend, t[0].device)]
-            groups.setdefault(info.family or t[0].backend, []).append(t)
-        for family, items in groups.items():
-            for c, module, attr, su in items:
-                attempt = latest.get(c.key, 0) + 1
-                prog.start(c)
+            groups.setdefault((t[4], t[5], info.family or t[0].backend), []).append(t)
+        for (k, n_proc, family), items in groups.items():
+            ctx = RunContext(seed=seed, threads=threads, budget_s=budget, preset=preset,
+                             run_dir=os.path.abspath(out), process=k, processes=n_proc)
+            for c, module, attr, su, _, _ in items:
+                pkey = process_key(c.key, k)
+                label = f" (process {k + 1}/{n_proc})" if n_proc > 1 else ""
+                attempt = latest.get(pkey, 0) + 1
+                prog.start(c, label)
                 t0 = time.monotonic()
                 statuses: List[str] = []
                 reasons: Dict[str, str] = {}  # the first reason given for each status
 
-                def on_row(row, c=c, attempt=attempt, statuses=statuses, reasons=reasons):
-                    writer.write(_stamp(row, c, attempt, threads))
+                def on_row(row, c=c, attempt=attempt, statuses=statuses, reasons=reasons, k=k, n_proc=n_proc):
+                    writer.write(_stamp(row, c, attempt, threads, k, n_proc))
                     st = row.get("status") or "ok"
                     statuses.append(st)
                     if row.get("reason"):
@@ -629,9 +675,10 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
                     status = {"timeout": "timeout", "fail-oom": "oom"}.get(outcome, "error")
                     extra = {"traceback": tail} if tail else {}
                     on_row(c.row("status", None, "", status=status, reason=reason, **extra))
-                writer.mark_done(c.key, attempt)
+                writer.mark_done(pkey, attempt)
                 status = _case_status(statuses)
-                prog.finish(c, status, len(statuses), time.monotonic() - t0, reason or reasons.get(status, ""))
+                prog.finish(c, status, len(statuses), time.monotonic() - t0, reason or reasons.get(status, ""),
+                            label=label)
             if worker is not None:
                 worker.stop()
                 worker = None
@@ -652,13 +699,15 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
         counts = _counts(out)
         meta["end_time"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         meta["counts"] = counts
+        meta["requested_unavailable"] = {**(meta.get("requested_unavailable") or {}), **{b: probes[(b, device)].reason for b in backends
+                                         if (b, device) in probes and not probes[(b, device)].available}}
         meta["cases"] = len(cases)
         meta["status"] = "interrupted" if interrupted else "complete"
         write_meta(out, meta)
         if interrupted:
             print(f"\ninterrupted: everything finished so far is kept in {out}\n"
                   f"resume with: rnnbench run --out {out} --resume", file=sys.stderr, flush=True)
-    _print_summary(out, len(cases), len(cases) - len(todo), counts, next_hint)
+    _print_summary(out, len(cases), finished_cases, counts, next_hint)
     return out
 
 
@@ -666,19 +715,34 @@ def _raise_interrupt(signum, frame):  # SIGTERM (CI cancel) stops as cleanly as 
     raise KeyboardInterrupt
 
 
-def _stamp(row: Dict[str, Any], case, attempt: int, threads: int) -> Dict[str, Any]:
-    """What the runner adds to every row: the case key, the attempt and the thread count."""
+def _stamp(row: Dict[str, Any], case, attempt: int, threads: int, process: int = 0,
+           processes: int = 1) -> Dict[str, Any]:
+    """What the runner adds to every row: the case key (of this process), the attempt and the thread count;
+    with several processes per case, the process index and count."""
     row = dict(row)
-    row["case_key"] = case.key
+    row["case_key"] = process_key(case.key, process)
     row["attempt"] = attempt
     extra = dict(row.get("extra") or {})
     extra.setdefault("threads", threads)
+    if processes > 1:
+        extra["process"], extra["processes"] = process, processes
     row["extra"] = extra
     return row
 
 
+def run_problems(run_dir: str) -> List[str]:
+    """What makes a finished run a failure for CI (``rnnbench run`` exits 1): failed rows (a correctness
+    check, a crash, a timeout, out of memory) and backends that were asked for but could not run."""
+    meta = read_meta(run_dir)
+    counts = meta.get("counts") or _counts(run_dir)
+    out = [f"{counts[s]} row(s) {s}" for s in ("error", "oom", "timeout") if counts.get(s)]
+    for b, why in (meta.get("requested_unavailable") or {}).items():
+        out.append(f"backend {b!r} was asked for but cannot run here: {why}")
+    return out
+
+
 def _print_summary(out: str, ncases: int, nresumed: int, counts: Dict[str, int], next_hint: bool = True) -> None:
-    order = ["ok", "skipped", "error", "oom", "timeout"]
+    order = ["ok", "limit", "skipped", "error", "oom", "timeout"]
     parts = [f"{k} {counts[k]}" for k in order if counts.get(k)] + \
             [f"{k} {v}" for k, v in counts.items() if k not in order]
     print(f"run finished: {ncases} case(s)" + (f" ({nresumed} from before the resume)" if nresumed else "")

@@ -162,6 +162,9 @@ def _anchors_only(name: str, device: str) -> bool:
 
 # -- the suite ----------------------------------------------------------------------------------------
 
+#: Processes per case (see ``ThroughputSuite.processes``) and the least timing budget one process gets.
+PROCESSES = 3
+MIN_PROCESS_BUDGET_S = 0.05
 #: A slow case whose budget allowed fewer samples than this is topped up (within TOP_UP_MAX_S seconds).
 MIN_SAMPLES = 5
 TOP_UP_MAX_S = 3.0
@@ -204,6 +207,8 @@ class ThroughputSuite(Suite):
     """Forward and training throughput of every backend variant on RNN/LSTM/GRU shapes."""
 
     name = "throughput"
+    #: Independent processes per case (the runner's rounds): what lets ``compare`` judge two runs.
+    processes = {"smoke": PROCESSES, "quick": PROCESSES, "full": PROCESSES}
 
     report_module = "suites.throughput.report"
 
@@ -232,6 +237,8 @@ class ThroughputSuite(Suite):
         dtype = case.dtype or "float32"
         modes = [m for m in (case.settings.get("modes") or "fwd,train").split(",") if m]
         budget = ctx.budget_s if ctx.budget_s is not None else BUDGET_S.get(ctx.preset, 0.3)
+        # The budget is per measurement over all processes; each process takes its share (with a floor).
+        budget = max(budget / max(int(ctx.processes or 1), 1), MIN_PROCESS_BUDGET_S)
 
         if case.backend in _WHOLE_BACKEND_SKIP:
             yield case.row("train_ms" if "train" in modes else "fwd_ms", None, "ms", status="skipped",
