@@ -284,3 +284,52 @@ def test_report_flag_writes_the_report_and_does_not_say_next(tmp_path, fake_suit
                                       str(tmp_path / "run2"), "--no-progress"])
     assert cmd_run(args) == 0
     assert "next: rnnbench report" in capsys.readouterr().out
+
+
+def test_processes_run_in_rounds_merge_on_load_and_resume_per_process(tmp_path, fake_suite, capsys):
+    """--processes 3: every case runs in 3 fresh workers (round 0 of all cases, then round 1, ...); load merges
+    them into one row per measurement, with the samples by process; a resume re-runs only missing processes."""
+    out = str(tmp_path / "run")
+    run_suites([fake_suite], preset="full", backends=[fb.FAKE], out=out, threads=1, progress=False, processes=3)
+    raw, _, done, _ = records.scan(out)
+    assert len(done) == 2 * 3 and all(r["extra"]["processes"] == 3 for r in raw)
+    # rounds: the pid of round k is the same for both cases of round k and differs between rounds
+    pids = {(r["case"], r["extra"]["process"]): r["extra"]["worker_pid"] for r in raw if r["metric"] == "b_ms"}
+    assert pids[("0-ok", 0)] == pids[("1-ok", 0)] and len({pids[("0-ok", k)] for k in range(3)}) == 3
+    df = records.load(out)
+    a = df[df.metric == "a_ms"]
+    assert len(a) == 2 and set(a.processes) == {3} and all(len(g) == 3 for g in a.process_samples)
+    assert list(a.n) == [9, 9] and bool(a.complete.all())
+    assert len(records.load(out, merge=False)) == len(raw)
+    assert "(process 3/3)" in capsys.readouterr().out
+    # Lose the last process of one case (its marker): the resume runs exactly that one again.
+    with open(os.path.join(out, records.ROWS_FILE)) as f:
+        lines = f.readlines()
+    key = "fake/" + fb.FAKE + "/cpu/1-ok#p2"
+    with open(os.path.join(out, records.ROWS_FILE), "w") as f:
+        f.writelines(line for line in lines if key not in line)
+    run_suites(None, out=out, resume=True, progress=False)
+    printed = capsys.readouterr().out
+    assert "1 case-process(es) to run" in printed
+    assert len(records.load(out)[lambda d: d.metric == "a_ms"]) == 2
+
+
+def test_run_exit_code_says_whether_anything_failed(tmp_path, fake_suite, monkeypatch):
+    """rnnbench run: 1 when a row failed (the run still finishes), 0 when all is well, 1 for an unavailable
+    backend that was asked for by name."""
+    monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    bad = main(["run", fake_suite, "--preset", "smoke", "--backend", fb.FAKE, "--out", str(tmp_path / "a"),
+                "--no-progress", "--threads", "1"])
+    good = main(["run", fake_suite, "--preset", "full", "--backend", fb.FAKE, "--out", str(tmp_path / "b"),
+                 "--no-progress", "--threads", "1"])
+    missing = main(["run", fake_suite, "--preset", "full", "--backend", fb.UNAVAILABLE, "--out", str(tmp_path / "c"),
+                    "--no-progress", "--threads", "1"])
+    assert (bad, good, missing) == (1, 0, 1)
+    assert records.read_meta(str(tmp_path / "c"))["requested_unavailable"]
+
+
+def test_processes_option_is_validated(tmp_path, fake_suite):
+    for bad in (0, -1, 51, True, 2.5):
+        with pytest.raises(UsageError, match="--processes"):
+            run_suites([fake_suite], preset="full", backends=[fb.FAKE], out=str(tmp_path / f"r{bad}"),
+                       progress=False, processes=bad)

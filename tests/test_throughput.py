@@ -2,6 +2,8 @@
 GEMM ceilings. No wall-clock assertions: only that figures are positive, finite and consistent."""
 from __future__ import annotations
 
+import importlib.util
+
 import math
 import subprocess
 import sys
@@ -249,6 +251,44 @@ def test_ceilings_numpy_cached_and_consistent():
     assert not fresh2 and c2 is c
     sq, _ = ceilings.measure("numpy", "gemm_square", (64, 64, 64), budget_s=0.01)
     assert sq.flops == 2 * 64 ** 3 and sq.median_s > 0 and len(sq.samples_s) >= 1
+
+
+def test_a_ceiling_is_the_best_of_its_strategies_and_sizes():
+    """Every strategy (and square size) is timed; the fastest is the ceiling; each candidate is recorded."""
+    from harness.core.spec import CellSpec
+    ceilings.clear_cache()
+    spec = CellSpec("gru", 16, 8)
+    got = dict((c.kind, c) for c, _ in ceilings.ceilings_for_case("numpy", spec, 4, 5, budget_s=0.01))
+    rec = got["recurrent"]
+    names = [k.split("@")[0] for k, _ in rec.candidates]
+    assert names == list(ceilings.STRATEGIES["numpy"]["recurrent"])
+    assert rec.gflops == pytest.approx(max(v for _, v in rec.candidates)) and rec.strategy in names
+    sq = got["gemm_square"]
+    assert {k.split("@")[1] for k, _ in sq.candidates} == {f"{n}x{n}x{n}" for n in ceilings.SQUARE_NS["cpu"]}
+    assert sq.gflops == pytest.approx(max(v for _, v in sq.candidates))
+
+
+def test_ceiling_strategies_of_torch_and_jax_run():
+    """The framework-specific strategies build and run (oneDNN linear where torch has it; scans in JAX)."""
+    ran = 0
+    for fw, mod in (("torch", "torch"), ("jax", "jax")):
+        if importlib.util.find_spec(mod) is None:
+            continue
+        if fw == "jax":
+            import implementations.jax.backend  # noqa: F401 - sets x64 as the backend does
+        ceilings.clear_cache()
+        c, _ = ceilings.measure(fw, "recurrent", (3, 2, 4, 4, 16), budget_s=0.005)
+        assert len(c.candidates) >= 2 and c.gflops > 0
+        ran += 1
+    if not ran:
+        pytest.skip("neither torch nor jax is installed")
+
+
+def test_an_efficiency_past_its_margin_is_flagged_a_defect():
+    from suites.throughput.suite import EFF_MARGIN, _defect
+    assert _defect(0.9) == {} and _defect(1.0 + EFF_MARGIN * 0.5) == {}
+    why = _defect(1.0 + EFF_MARGIN + 0.05)["ceiling_defect"]
+    assert "beat its ceiling" in why and "defect" in why
 
 
 def test_ceilings_bad_input():

@@ -21,8 +21,9 @@ Inputs are two run directories (``rows.jsonl`` + ``meta.json``) or two asv resul
     deterministic numbers (``*_error``, ``*_bytes``, ``check_*``, counts): compared against tolerances,
     not statistically (see :data:`EXACT_RULES`). An error that grows past its tolerance is ``worse``.
 ``untested``
-    single values without samples (``compile_s``), and numbers recomputed from the timed samples
-    (``gflops``, ``tokens_per_s``, ``eff_*``, ...: :data:`DERIVED`). Counted, not judged.
+    single values without samples (``compile_s``), numbers recomputed from the timed samples
+    (``gflops``, ``tokens_per_s``, ``eff_*``, ...: :data:`DERIVED`) and measurements of the machine rather than
+    the code (the GEMM ceilings: :data:`CONTEXT`). Counted, not judged.
 
 Exit codes of :func:`cli_compare`: 0 no regression (``inconclusive`` comparisons are listed, and do not fail),
 1 a significant slowdown or a deterministic metric past its tolerance, 2 bad input (missing directory, nothing
@@ -49,9 +50,13 @@ from harness.measure.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_PROC
 
 DEFAULT_THRESHOLD = 1.10
 DEFAULT_ALPHA = 0.01
+#: Load average beyond a run's own threads above which compare says the run shared the machine.
+FOREIGN_LOAD_NOTE = 0.75
 
 #: Metrics that are recomputed from the timed samples of the same case (no information of their own).
 DERIVED = frozenset({"tokens_per_s", "us_per_step", "gflops", "gflops_deepbench", "eff_gemm", "eff_recurrent"})
+#: Measurements of the machine, not of the code under test (a GEMM ceiling): counted, not judged.
+CONTEXT = frozenset({"ceiling_gflops"})
 #: Extra columns that distinguish two rows of one case and metric.
 KEY_EXTRAS = IDENTITY_EXTRAS
 KEY_COLUMNS = ("suite", "case", "backend", "device", "dtype", "metric")
@@ -131,6 +136,7 @@ class ResultSet:
     machine: str
     preset: Optional[str]
     label: str
+    foreign_load: Optional[float] = None  # the most load beyond the run's own threads while it ran
 
 
 def _usage(msg: str):
@@ -186,8 +192,12 @@ def load_run(path: str) -> ResultSet:
                              status=str(rec.get("status") or "ok"), reason=str(_clean(rec.get("reason")) or ""),
                              process_samples=groups)
     from harness.measure.records import machine_key
+    foreign = None
+    if "load1" in df.columns and "threads" in df.columns:
+        extra_load = (df["load1"].astype(float) - df["threads"].astype(float)).dropna()
+        foreign = float(extra_load.max()) if len(extra_load) else None
     return ResultSet(path, "run", entries, machine_key(meta) if meta else "unknown", meta.get("preset"),
-                     str(meta.get("run_id") or os.path.basename(os.path.normpath(path))))
+                     str(meta.get("run_id") or os.path.basename(os.path.normpath(path))), foreign)
 
 
 def _asv_units(path: str) -> Dict[str, str]:
@@ -348,6 +358,10 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
     if base.preset and new.preset and base.preset != new.preset:
         rep.notes.append(f"different presets: BASE {base.preset!r} vs NEW {new.preset!r}; comparing the cases "
                          "present in both")
+    for name, side in (("BASE", base), ("NEW", new)):
+        if side.foreign_load is not None and side.foreign_load > FOREIGN_LOAD_NOTE:
+            rep.notes.append(f"{name} ran while other work loaded the machine (load average up to "
+                             f"{side.foreign_load:.1f} beyond its own threads): its timings may be slow")
     common = [k for k in base.entries if k in new.entries]
     only_b, only_n = len(base.entries) - len(common), len(new.entries) - len(common)
     if only_b or only_n:
@@ -377,7 +391,7 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
                 c.verdict, c.why = "worse", f"was ok, now {n.status}: {n.reason}"[:160]
             rep.rows.append(c)
             continue
-        if metric in DERIVED:
+        if metric in DERIVED or metric in CONTEXT:
             rep.untested += 1
             continue
         rule = exact_rule(metric, unit)

@@ -49,8 +49,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 #: the same. 1.05 leaves room for a noisier machine than the one measured; 1.15 would miss the 1.10x.
 DEFAULT_THRESHOLD = 1.05
 DEFAULT_ALPHA = 0.01
-DEFAULT_ROUNDS = 10         # processes, each timing both trees; the unit of the signed-rank test
-DEFAULT_SAMPLES = 8         # timed pairs per case and mode in each process (their median log-ratio is used)
+DEFAULT_ROUNDS = 16         # processes, each timing both trees; the unit of the signed-rank test
+DEFAULT_SAMPLES = 10        # timed pairs per case and mode in each process (their median log-ratio is used)
 DEFAULT_SAMPLE_S = 0.004    # seconds of back-to-back calls in one timed sample
 DEFAULT_WARMUP = 2
 DEFAULT_SUITE = "throughput"

@@ -1,6 +1,6 @@
 """Measure the gate: false-alarm rate on unchanged code (A/A) and detection rate on injected slowdowns.
 
-``python -m harness.gate.trials [--aa 20] [--slow 20] [--slow-110 20] [--out FILE]``
+``python -m harness.gate.trials [--aa 20] [--slow 20] [--slow-110 0] [--slow-105 20] [--out FILE]``
 
 1. Clones the repository's committed HEAD into a temporary directory (``git clone --shared``; nothing is
    ever committed to the original repository), and makes worktrees of it:
@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from harness.gate import gate
 from harness.measure.inject import make_trees
 
-THRESHOLDS = (1.03, 1.05, 1.07, 1.10, 1.15)
+THRESHOLDS = (1.02, 1.025, 1.03, 1.035, 1.04, 1.05, 1.10)
 ALPHAS = (0.001, 0.01, 0.05)
 
 def _flag(st: Dict[str, float], threshold: float, alpha: float) -> bool:
@@ -116,7 +116,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--repo", default=".", help="repository whose committed HEAD is measured (default: .)")
     p.add_argument("--aa", type=int, default=20, help="A/A trials (default 20)")
     p.add_argument("--slow", type=int, default=20, help="trials with the 1.25x slowdown (default 20)")
-    p.add_argument("--slow-110", type=int, default=20, help="trials with the 1.10x slowdown (default 20)")
+    p.add_argument("--slow-110", type=int, default=0, help="trials with the 1.10x slowdown (default 0)")
+    p.add_argument("--slow-105", type=int, default=20, help="trials with the 1.05x slowdown (default 20)")
     p.add_argument("--rounds", type=int, default=gate.DEFAULT_ROUNDS)
     p.add_argument("--samples", type=int, default=gate.DEFAULT_SAMPLES)
     p.add_argument("--threshold", type=float, default=gate.DEFAULT_THRESHOLD)
@@ -131,13 +132,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                           pin=None if a.no_pin else -1, patterns=tuple(a.case or ()))
     cfg.validate()
     loose = (min(THRESHOLDS), max(ALPHAS))
-    plan = [("aa", a.aa), ("slow-1.25", a.slow), ("slow-1.1", a.slow_110)]
+    plan = [(k, n) for k, n in (("aa", a.aa), ("slow-1.25", a.slow), ("slow-1.1", a.slow_110),
+                                ("slow-1.05", a.slow_105)) if n > 0]
     repo = gate.repo_root(a.repo)
     tmp = tempfile.mkdtemp(prefix="rnnbench-gate-trials-")
     trials: List[Dict[str, Any]] = []
     t_start = time.monotonic()
     try:
-        trees = make_trees(repo, tmp, [1.25, 1.10])
+        trees = make_trees(repo, tmp, [float(k.split("-", 1)[1]) for k, _ in plan if k != "aa"])
         left = {k: n for k, n in plan}
         while any(left.values()):
             for k, _ in plan:

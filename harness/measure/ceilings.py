@@ -1,21 +1,26 @@
-"""GEMM ceilings: what a framework's matrix multiply achieves here, measured in the same run.
+"""GEMM ceilings: the fastest this framework runs GEMM work here, measured in the same run.
 
 An RNN's forward pass is GEMMs plus elementwise gate maths. To say how good an implementation is we
 compare its achieved FLOP/s with three ceilings, each timed with :class:`harness.measure.timing.Timer` in the
-same process, framework and dtype as the RNN it is compared with:
+same process, framework and dtype as the RNN it is compared with. A ceiling is the **best of several
+strategies** (:data:`STRATEGIES`): a ceiling that an implementation beats is not a ceiling, and one GEMM
+routine is not always the framework's fastest (on AMD CPUs torch's MKL ``mm`` runs at about half the rate
+of its oneDNN ``linear``, which its LSTM uses). Each row says which strategy won and what the others gave.
 
 ``gemm_square``
-    one large square GEMM ``(N, N) x (N, N)``: the best the BLAS/cuBLAS can do (N = 1024 on the CPU,
-    8192 on CUDA). ``eff_gemm`` = achieved / this.
+    square GEMMs ``(N, N) x (N, N)`` for N in :data:`SQUARE_NS` (CPU 512 and 1024; CUDA 4096 and 8192), every
+    strategy: the best the framework's BLAS can do. ``eff_gemm`` = achieved / this.
 ``input_gemm``
     the hoisted input projection of all steps at once, ``(T·B, I) x (I, G·H)``.
 ``recurrent``
-    the GEMMs of one ideal layer forward, timed as one callable: the hoisted input GEMM
-    ``(T·B, I) x (I, G·H)`` followed by T separate per-step GEMMs ``(B, H) x (H, G·H)``, each writing its
-    own output slice (the recurrence cannot be batched over time). Its FLOPs are exactly the model's
-    forward FLOPs of one layer, ``2·B·(I+H)·G·H·T``, so ``eff_recurrent`` = achieved / this says how
-    close an implementation gets to "GEMMs only, elementwise work for free". One callable (one JIT
-    dispatch in JAX) so that per-call overhead is counted once, as in the RNN itself.
+    the GEMMs of one ideal layer forward, timed as one callable, the fastest of: ``loop`` (the hoisted
+    input GEMM ``(T·B, I) x (I, G·H)`` followed by T separate per-step GEMMs ``(B, H) x (H, G·H)``, each
+    writing its own output slice: the recurrence cannot be batched over time), ``fused`` (T GEMMs
+    ``(B, I+H) x (I+H, G·H)`` on the concatenated input and state), and the framework's own ways (torch:
+    oneDNN ``linear`` per step; JAX: the loop in one ``lax.scan``, also unrolled 8×). Its FLOPs are exactly
+    the model's forward FLOPs of one layer, ``2·B·(I+H)·G·H·T``. ``eff_recurrent`` = achieved / the larger of
+    this and ``gemm_square`` (the same FLOPs cannot run faster than the framework's best GEMM rate), so it
+    says how close an implementation gets to "GEMMs only, elementwise work for free".
 
 Each ceiling is measured once per worker process per (framework, device, dtype, kind, shape) and
 cached; :func:`ceilings_for_case` says which were measured fresh, so the suite yields each one as a
@@ -31,8 +36,16 @@ from harness.core.errors import InputError, InputTypeError
 
 FRAMEWORKS = ("numpy", "torch", "jax")
 KINDS = ("gemm_square", "input_gemm", "recurrent")
-#: Side N of the square GEMM per device: large enough to reach the BLAS's asymptotic rate.
-SQUARE_N = {"cpu": 1024, "cuda": 8192}
+#: Sides N of the square GEMMs per device (the best counts): around where the BLAS reaches its asymptotic rate.
+SQUARE_NS = {"cpu": (512, 1024), "cuda": (4096, 8192)}
+SQUARE_N = {d: max(ns) for d, ns in SQUARE_NS.items()}  # the largest (kept for callers that want one)
+#: Strategies per framework and kind, tried in this order (a strategy that cannot run here is left out).
+STRATEGIES: Dict[str, Dict[str, Tuple[str, ...]]] = {
+    "numpy": {"gemm_square": ("matmul",), "input_gemm": ("matmul",), "recurrent": ("loop", "fused")},
+    "torch": {"gemm_square": ("mm", "onednn"), "input_gemm": ("mm", "onednn"),
+              "recurrent": ("loop", "fused", "onednn")},
+    "jax": {"gemm_square": ("matmul",), "input_gemm": ("matmul",), "recurrent": ("scan", "scan-unroll8", "fused")},
+}
 #: Seed of the ceiling operands (values do not matter for speed, but denormals would: keep them O(1)).
 _SEED = 12345
 
@@ -47,6 +60,8 @@ class Ceiling:
         flops: FLOPs of one call (``2·M·K·N``; recurrent ``2·T·B·(I+H)·G·H``).
         median_s, q25_s, q75_s: seconds per call; samples_s: every timed sample (seconds).
         compile_s: the first (warm-up) call, seconds.
+        strategy: the strategy that gave this (the fastest); candidates: ``{"strategy@shape": GFLOP/s}`` of
+        every strategy tried.
     """
 
     framework: str
@@ -60,6 +75,8 @@ class Ceiling:
     q75_s: float
     samples_s: Tuple[float, ...]
     compile_s: float
+    strategy: str = ""
+    candidates: Tuple[Tuple[str, float], ...] = ()
 
     @property
     def gflops(self) -> float:
@@ -116,15 +133,29 @@ def _own_builder(backend):
 
 
 # -- per-framework callables --------------------------------------------------------------------------
-# Each builder returns (fn, sync): fn runs the GEMM(s) once on operands already in place; sync (or None)
-# waits for the device. Building happens outside the timed region.
+# Each builder(kind, shape, device, dtype, strategy) returns (fn, sync): fn runs the GEMM work once on operands
+# already in place; sync (or None) waits for the device. Building happens outside the timed region. A
+# strategy that cannot run here raises Unavailable and is left out.
 
-def _numpy_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
+class Unavailable(Exception):
+    """This strategy does not exist in this build or on this device."""
+
+
+def _numpy_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str, strategy: str = "matmul"):
     if device != "cpu":
         raise InputError(f"device: numpy ceilings run on the CPU only; got {device!r}")
     rng = np.random.default_rng(_SEED)
     if kind == "recurrent":
         T, B, I, H, N = shape
+        if strategy == "fused":
+            xh = rng.standard_normal((T, B, I + H)).astype(dtype)
+            w = rng.standard_normal((I + H, N)).astype(dtype)
+            out = np.empty((T, B, N), dtype=dtype)
+
+            def fn():
+                for t in range(T):
+                    np.matmul(xh[t], w, out=out[t])
+            return fn, None
         x = rng.standard_normal((T * B, I)).astype(dtype)
         w_in = rng.standard_normal((I, N)).astype(dtype)
         xw = np.empty((T * B, N), dtype=dtype)
@@ -144,7 +175,7 @@ def _numpy_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
     return (lambda: np.matmul(a, b, out=c)), None
 
 
-def _torch_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
+def _torch_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str, strategy: str = "mm"):
     import torch
 
     if device == "cuda":
@@ -152,14 +183,41 @@ def _torch_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
         torch.backends.cuda.matmul.allow_tf32 = False
     dt = getattr(torch, dtype)
     gen = torch.Generator().manual_seed(_SEED)
+    onednn = strategy == "onednn"
+    if onednn and (device != "cpu" or not torch.backends.mkldnn.is_available() or dtype != "float32"):
+        raise Unavailable("oneDNN linear: float32 on a CPU build with mkldnn only")
 
     def rand(*s):
         return torch.randn(*s, generator=gen, dtype=dt).to(device)
 
+    def linear(w_t):  # y = a @ w_t through oneDNN (weights pre-packed, as torch's LSTM keeps them)
+        w = w_t.t().contiguous().to_mkldnn()
+        return lambda a: torch._C._nn.mkldnn_linear(a, w, None)
+
     sync = torch.cuda.synchronize if device == "cuda" else None
     if kind == "recurrent":
         T, B, I, H, N = shape
+        if strategy == "fused":
+            xh, w = rand(T, B, I + H), rand(I + H, N)
+            out = torch.empty(T, B, N, dtype=dt, device=device)
+
+            def fn():
+                with torch.no_grad():
+                    for t in range(T):
+                        torch.mm(xh[t], w, out=out[t])
+            return fn, sync
         x, w_in, h, w = rand(T * B, I), rand(I, N), rand(T, B, H), rand(H, N)
+        if onednn:
+            lin_in, lin = linear(w_in), linear(w)
+            xm = x.to_mkldnn()
+            hm = [h[t].contiguous().to_mkldnn() for t in range(T)]
+
+            def fn():
+                with torch.no_grad():
+                    lin_in(xm)
+                    for t in range(T):
+                        lin(hm[t])
+            return fn, None
         xw = torch.empty(T * B, N, dtype=dt, device=device)
         out = torch.empty(T, B, N, dtype=dt, device=device)
 
@@ -171,6 +229,13 @@ def _torch_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
         return fn, sync
     M, K, N = shape
     a, b = rand(M, K), rand(K, N)
+    if onednn:
+        lin, am = linear(b), a.to_mkldnn()
+
+        def fn():
+            with torch.no_grad():
+                lin(am)
+        return fn, None
     c = torch.empty(M, N, dtype=dt, device=device)
 
     def fn():
@@ -179,7 +244,7 @@ def _torch_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
     return fn, sync
 
 
-def _jax_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
+def _jax_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str, strategy: str = "matmul"):
     import jax
     import jax.numpy as jnp
 
@@ -194,13 +259,22 @@ def _jax_builder(kind: str, shape: Tuple[int, ...], device: str, dtype: str):
 
     if kind == "recurrent":
         T, B, I, H, N = shape
+        if strategy == "fused":
+            xh, w = put(T, B, I + H), put(I + H, N)
+
+            @jax.jit
+            def fused(xh, w):
+                return jax.lax.scan(lambda c, v: (c, jnp.matmul(v, w, precision=hi)), None, xh)[1]
+            return (lambda: jax.block_until_ready(fused(xh, w))), None
+        unroll = 8 if strategy == "scan-unroll8" else 1
         x, w_in, h, w = put(T * B, I), put(I, N), put(T, B, H), put(H, N)
 
         @jax.jit
         def loop(x, w_in, h, w):
             # The input GEMM, then T step GEMMs inside one scan, as an RNN's scan runs them.
             xw = jnp.matmul(x, w_in, precision=hi)
-            return xw, jax.lax.scan(lambda c, ht: (c, jnp.matmul(ht, w, precision=hi)), None, h)[1]
+            return xw, jax.lax.scan(lambda c, ht: (c, jnp.matmul(ht, w, precision=hi)), None, h,
+                                    unroll=min(unroll, T))[1]
         return (lambda: jax.block_until_ready(loop(x, w_in, h, w))), None
     M, K, N = shape
     a, b = put(M, K), put(K, N)
@@ -219,18 +293,7 @@ def _flops(kind: str, shape: Tuple[int, ...]) -> float:
     return 2.0 * M * K * N
 
 
-def measure(framework: str, kind: str, shape: Tuple[int, ...], device: str = "cpu", dtype: str = "float32",
-            budget_s: float = 0.3, builder: Optional[Callable] = None) -> Tuple[Ceiling, bool]:
-    """Time one ceiling (or return the cached one). Returns ``(ceiling, fresh)``.
-
-    Args:
-        framework: ``numpy``, ``torch`` or ``jax``.
-        kind: ``gemm_square`` / ``input_gemm`` with ``shape = (M, K, N)``, or ``recurrent`` with
-            ``shape = (T, B, I, H, G·H)``.
-        budget_s: seconds of timed repeats (the Timer's budget).
-        builder: for a backend's own GEMMs (``framework`` ``own:<name>``): ``builder(kind, shape, device, dtype)
-            -> (fn, sync)``.
-    """
+def _check_args(framework, kind, shape, dtype, builder) -> Tuple[int, ...]:
     if builder is None and framework not in FRAMEWORKS:
         raise InputError(f"framework: got {framework!r}; allowed: {', '.join(FRAMEWORKS)}")
     if kind not in KINDS:
@@ -240,22 +303,66 @@ def measure(framework: str, kind: str, shape: Tuple[int, ...], device: str = "cp
         raise InputError(f"shape: got {shape!r}; {kind} needs {want} positive integers")
     if dtype not in ("float32", "float64"):
         raise InputTypeError(f"dtype: got {dtype!r}; allowed: float32, float64")
-    shape = tuple(int(s) for s in shape)
-    key = (framework, device, dtype, kind, shape)
+    return tuple(int(s) for s in shape)
+
+
+def _time_one(framework, kind, shape, device, dtype, budget_s, strategy, build) -> Ceiling:
+    """One strategy at one shape (cached per process)."""
+    key = (framework, device, dtype, kind, shape, strategy)
+    if key not in _CACHE:
+        from harness.measure.timing import Timer
+        fn, sync = build(kind, shape, device, dtype, strategy)
+        m = Timer(fn, sync=sync, budget_s=budget_s).run()
+        _CACHE[key] = Ceiling(framework, device, dtype, kind, shape, _flops(kind, shape), float(m.median),
+                              float(m.q25), float(m.q75), tuple(float(s) for s in m.samples), float(m.compile_s),
+                              strategy=strategy)
+    return _CACHE[key]
+
+
+def measure(framework: str, kind: str, shape: Tuple[int, ...], device: str = "cpu", dtype: str = "float32",
+            budget_s: float = 0.3, builder: Optional[Callable] = None,
+            shapes: Optional[List[Tuple[int, ...]]] = None) -> Tuple[Ceiling, bool]:
+    """Time one ceiling: every strategy of the framework for ``kind`` (at ``shape``, or at each of ``shapes``),
+    and return the fastest, with every candidate's GFLOP/s. Returns ``(ceiling, fresh)``; ``fresh`` is False
+    when the same ceiling was already returned in this process.
+
+    Args:
+        framework: ``numpy``, ``torch`` or ``jax``.
+        kind: ``gemm_square`` / ``input_gemm`` with ``shape = (M, K, N)``, or ``recurrent`` with
+            ``shape = (T, B, I, H, G·H)``.
+        budget_s: seconds of timed repeats per strategy (the Timer's budget).
+        builder: for a backend's own GEMMs (``framework`` ``own:<name>``): ``builder(kind, shape, device, dtype)
+            -> (fn, sync)``: one strategy, ``own``.
+        shapes: several shapes of the same kind (the square sizes); the best over all of them counts.
+    """
+    todo = [_check_args(framework, kind, sh, dtype, builder) for sh in (shapes or [shape])]
+    key = (framework, device, dtype, kind, tuple(todo), "best")
     if key in _CACHE:
         return _CACHE[key], False
-    from harness.measure.timing import Timer
-
-    fn, sync = (builder or _BUILDERS[framework])(kind, shape, device, dtype)
-    m = Timer(fn, sync=sync, budget_s=budget_s).run()
-    c = Ceiling(framework, device, dtype, kind, shape, _flops(kind, shape), float(m.median), float(m.q25),
-                float(m.q75), tuple(float(s) for s in m.samples), float(m.compile_s))
-    _CACHE[key] = c
-    return c, True
+    if builder is not None:
+        strategies: Tuple[str, ...] = ("own",)
+        build = lambda k, sh, d, dt, _s: builder(k, sh, d, dt)  # noqa: E731
+    else:
+        strategies, build = STRATEGIES[framework][kind], _BUILDERS[framework]
+    got: List[Ceiling] = []
+    for sh in todo:
+        for st in strategies:
+            try:
+                got.append(_time_one(framework, kind, sh, device, dtype, budget_s, st, build))
+            except Unavailable:
+                continue
+    if not got:
+        raise InputError(f"no {kind} strategy of {framework!r} can run here")
+    best = max(got, key=lambda c: c.gflops)
+    cands = tuple((f"{c.strategy}@{c.shape_str}", c.gflops) for c in got)
+    out = Ceiling(**{**best.__dict__, "candidates": cands})
+    _CACHE[key] = out
+    return out, True
 
 
 def case_shapes(spec, batch: int, seq_len: int, device: str = "cpu") -> Dict[str, Tuple[int, ...]]:
-    """The three ceiling shapes of a case (layer 0's input size; stacked layers have I = H)."""
+    """The three ceiling shapes of a case (layer 0's input size; stacked layers have I = H); the square one
+    is the largest of :data:`SQUARE_NS` (:func:`ceilings_for_case` tries them all)."""
     G, H, I = spec.gates, spec.hidden_size, spec.input_size
     n = SQUARE_N.get(device, 1024)
     return {"gemm_square": (n, n, n), "input_gemm": (seq_len * batch, I, G * H),
@@ -265,7 +372,11 @@ def case_shapes(spec, batch: int, seq_len: int, device: str = "cpu") -> Dict[str
 def ceilings_for_case(framework: str, spec, batch: int, seq_len: int, device: str = "cpu",
                       dtype: str = "float32", budget_s: float = 0.3, backend=None) -> List[Tuple[Ceiling, bool]]:
     """The three ceilings of a case, in :data:`KINDS` order, each with its ``fresh`` flag (``backend``: whose
-    own ``gemm`` hook to use when ``framework`` is ``own:<name>``)."""
+    own ``gemm`` hook to use when ``framework`` is ``own:<name>``). The square ceiling is the best over
+    :data:`SQUARE_NS`."""
     builder = _own_builder(backend) if (backend is not None and framework.startswith("own:")) else None
-    return [measure(framework, kind, shape, device, dtype, budget_s, builder)
-            for kind, shape in case_shapes(spec, batch, seq_len, device).items()]
+    out = []
+    for kind, shape in case_shapes(spec, batch, seq_len, device).items():
+        shapes = [(n, n, n) for n in SQUARE_NS.get(device, (1024,))] if kind == "gemm_square" else None
+        out.append(measure(framework, kind, shape, device, dtype, budget_s, builder, shapes=shapes))
+    return out

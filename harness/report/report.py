@@ -1,14 +1,26 @@
 """A run directory -> ``report.md``, ``report.html`` and ``figures/*.png``. Never re-runs anything.
 
-The report holds the machine and versions (from ``meta.json``), a run summary (rows per status, the
-errors and skips with their reasons), then one section per suite present in the data. A suite's section
-comes from ``harness.report_<suite>.section(df, fig_dir, **opts) -> str`` (Markdown) when that module
-exists; a suite without one gets a plain table of medians. ``opts`` are ``baseline`` (the backend that
-speed-ups are relative to), ``run_dir`` and ``meta``; a section must accept further keywords.
+The report leads with what the run found: a title, one line of run identity (machine, commit, preset), then
+**Findings** (about one screen: the run's health, equivalence against the reference, and each suite's
+headline numbers and verdicts, every one linking to the section it comes from). Then the machine and versions
+(from ``meta.json``), a run summary (rows per status), one section per suite present in the data, and at the
+end the rows that reached float limits (status ``limit``: expected, not failures) and the errors and skips
+with their reasons.
 
-The HTML is converted from the same Markdown by a small converter for the subset used here (headings,
-paragraphs, lists, pipe tables, images, code), so that no dependency is needed; figures are referenced
-by relative path (``figures/...``) from both files.
+A suite's section comes from its Suite's ``report_section(df, fig_dir, **opts) -> str`` (Markdown; by default
+``section`` of its ``report_module``); its findings from ``report_findings(df, **opts) -> list[str]`` (Markdown
+bullet lines; by default ``findings`` of the same module, none where it has no such function). A suite without
+a section gets a plain table of medians. ``opts`` are ``baseline`` (the backend that speed-ups are relative
+to), ``run_dir`` and ``meta``; sections and findings must accept further keywords.
+
+Runs written before the status ``limit`` existed recorded a gradient curve's float under/overflow as
+``error``: such rows are read as ``limit`` (:func:`apply_limits`).
+
+The HTML is converted from the same Markdown by a small converter for the subset used here (headings with
+ids, paragraphs, lists, pipe tables, images, links, code), with a table of contents of every section, so that
+no dependency is needed. Everything from the rows is escaped; links go only to anchors, relative paths or
+http(s), images only to relative paths. Figures are referenced by relative path (``figures/...``) from both
+files.
 
 Bad input (a missing, empty or corrupted directory, no rows) raises :class:`harness.cli.main.UsageError`
 with one line; the CLI turns it into exit code 2.
@@ -48,7 +60,42 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f2f2f2} td:first-child,th:first-child{text-align:left}
 code{background:#f4f4f4;padding:1px 4px;border-radius:3px} pre{background:#f4f4f4;padding:0.8em;overflow:auto}
 img{max-width:100%;border:1px solid #ddd;margin:0.5em 0} h1,h2,h3{border-bottom:1px solid #eee}
+nav#toc{font-size:0.85em;background:#fafafa;border:1px solid #ddd;padding:0.4em 1em;margin:1em 0}
+nav#toc ul{margin:0.2em 0;padding-left:1.2em} nav#toc summary{font-weight:bold;cursor:pointer}
+@media (min-width:1760px){nav#toc{position:fixed;top:0;left:0;width:260px;height:100vh;overflow:auto;margin:0;
+box-sizing:border-box;border-width:0 1px 0 0}}
 """
+
+#: Link targets allowed in the HTML: anchors, relative paths, http(s). Images: relative paths only.
+_SCHEME = re.compile(r"^\s*([a-zA-Z][a-zA-Z0-9+.-]*):")
+
+
+def _attr(text: str) -> str:
+    """Text already escaped with ``quote=False``, made safe inside a double-quoted attribute."""
+    return text.replace('"', "&quot;").replace("'", "&#x27;")
+
+
+def _safe_href(url: str) -> Optional[str]:
+    m = _SCHEME.match(url)
+    if m and m.group(1).lower() not in ("http", "https"):
+        return None
+    return _attr(url)
+
+
+def _safe_src(url: str) -> Optional[str]:
+    if _SCHEME.match(url) or url.startswith("//"):
+        return None
+    return _attr(url)
+
+
+def _img(m) -> str:
+    src = _safe_src(m.group(2))
+    return f'<img src="{src}" alt="{_attr(m.group(1))}">' if src is not None else m.group(0)
+
+
+def _a(m) -> str:
+    href = _safe_href(m.group(2))
+    return f'<a href="{href}">{m.group(1)}</a>' if href is not None else m.group(1)
 
 
 def _inline(text: str) -> str:
@@ -60,12 +107,18 @@ def _inline(text: str) -> str:
             out.append(f"<code>{html.escape(p[1:-1])}</code>")
             continue
         s = html.escape(p, quote=False)
-        s = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", lambda m: f'<img src="{m.group(2)}" alt="{m.group(1)}">', s)
-        s = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', s)
+        s = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", _img, s)
+        s = re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", _a, s)
         s = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
         s = re.sub(r"(?<![\w*])_([^_]+)_(?![\w*])", r"<em>\1</em>", s)
         out.append(s)
     return "".join(out)
+
+
+def _heading_text(md: str) -> str:
+    """A heading's plain text (its Markdown marks dropped), for its anchor and the table of contents."""
+    t = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", md)
+    return re.sub(r"\*\*|`", "", t).strip()
 
 
 def _split_row(line: str) -> List[str]:
@@ -89,16 +142,54 @@ def _table_html(lines: List[str]) -> str:
     return "\n".join(out)
 
 
-def markdown_to_html(md: str, title: str = "rnnbench report") -> str:
-    """Convert the Markdown subset the report uses to a self-contained HTML page."""
+def _toc_html(heads: List[Any]) -> str:
+    """``<nav id="toc">``: every level-2 heading, its level-3 headings nested under it."""
+    items: List[str] = []
+    open_sub = False
+    for level, hid, text in heads:
+        if level == 2:
+            if open_sub:
+                items.append("</ul></li>")
+                open_sub = False
+            elif items:
+                items.append("</li>")
+            items.append(f'<li><a href="#{hid}">{_inline(text)}</a>')
+        elif level == 3 and items:
+            if not open_sub:
+                items.append("<ul>")
+                open_sub = True
+            items.append(f'<li><a href="#{hid}">{_inline(text)}</a></li>')
+    if items:
+        items.append("</ul></li>" if open_sub else "</li>")
+    return ('<nav id="toc" aria-label="Contents"><details open><summary>Contents</summary><ul>'
+            + "".join(items) + "</ul></details></nav>")
+
+
+def markdown_to_html(md: str, title: str = "rnnbench report", toc: bool = True) -> str:
+    """Convert the Markdown subset the report uses to a self-contained HTML page.
+
+    Headings get ids (:func:`suites.report_util.anchor`, ``-1``, ``-2`` ... on repeats, as GitHub does), so that
+    ``[text](#anchor)`` links work in both files. ``toc``: a table of contents of the level-2 and level-3
+    headings, after the Findings section (or before the first level-2 heading).
+    """
+    from suites.report_util import anchor
+
     lines = md.splitlines()
     out: List[str] = []
+    heads: List[Any] = []  # (level, id, text, index in out)
+    seen: Dict[str, int] = {}
     i, para = 0, []
 
     def flush_para():
         if para:
             out.append("<p>" + _inline(" ".join(para)) + "</p>")
             para.clear()
+
+    def heading_id(text: str) -> str:
+        base = anchor(_heading_text(text)) or "section"
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        return base if n == 0 else f"{base}-{n}"
 
     while i < len(lines):
         line = lines[i]
@@ -115,7 +206,9 @@ def markdown_to_html(md: str, title: str = "rnnbench report") -> str:
         if m:
             flush_para()
             n = len(m.group(1))
-            out.append(f"<h{n}>{_inline(m.group(2))}</h{n}>")
+            hid = heading_id(m.group(2))
+            heads.append((n, hid, _heading_text(m.group(2)), len(out)))
+            out.append(f'<h{n} id="{_attr(html.escape(hid, quote=False))}">{_inline(m.group(2))}</h{n}>')
         elif s.startswith("|"):
             flush_para()
             j = i
@@ -138,6 +231,11 @@ def markdown_to_html(md: str, title: str = "rnnbench report") -> str:
             para.append(s)
         i += 1
     flush_para()
+    if toc and any(h[0] == 2 for h in heads):
+        h2 = [h for h in heads if h[0] == 2]
+        after = [k for k, h in enumerate(h2) if h[1] == "findings"]
+        at = h2[after[0] + 1][3] if after and after[0] + 1 < len(h2) else (len(out) if after else h2[0][3])
+        out.insert(at, _toc_html([h[:3] for h in heads if h[0] in (2, 3)]))
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
             + "\n".join(out) + "\n</body></html>\n")
@@ -228,8 +326,77 @@ def machine_section(meta: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The status of a recorded float under/overflow (an expected physical result, not a failure).
+LIMIT = "limit"
+#: Runs from before the status ``limit`` recorded it as ``error``: per suite, the metrics and the reasons
+#: that say so (a gradient curve that under/overflowed, and the fits and norms that it left without a value).
+LEGACY_LIMITS = {"gradients": (("grad_norm_h", "grad_norm_c", "decay_rate", "decay_rate_c", "param_grad_norm",
+                                "clipped_norm", "memory_time", "predicted_rate"),
+                               re.compile(r"underflow|overflow|non-finite|stops being finite", re.IGNORECASE))}
+_NOT_OK = ("error", "timeout", "oom")
+
+
+def apply_limits(df):
+    """``df`` with the float-limit rows of older runs (status ``error``, see :data:`LEGACY_LIMITS`) read as
+    ``limit``; ``df.attrs["legacy_limits"]`` counts them. A run that has a ``limit`` row already knows the
+    status: its errors stay errors."""
+    if "status" not in df.columns or "suite" not in df.columns:
+        return df
+    if (df["status"] == LIMIT).any():
+        df.attrs = {**df.attrs, "legacy_limits": 0}
+        return df
+    reason = df["reason"].fillna("").astype(str) if "reason" in df.columns else None
+    mask = None
+    for suite, (metrics, pattern) in LEGACY_LIMITS.items():
+        if reason is None:
+            break
+        m = ((df["suite"] == suite) & (df["status"] == "error") & df["metric"].isin(metrics)
+             & reason.str.contains(pattern))
+        mask = m if mask is None else (mask | m)
+    attrs = dict(df.attrs)
+    if mask is not None and mask.any():
+        df = df.copy()
+        df.loc[mask, "status"] = LIMIT
+    df.attrs = {**attrs, "legacy_limits": int(mask.sum()) if mask is not None else 0}
+    return df
+
+
+def _cell(v: Any, width: int = 240) -> str:
+    """A string from a row for a Markdown table cell: one line, pipes escaped, at most ``width`` characters."""
+    s = "" if v is None or (isinstance(v, float) and v != v) else str(v)
+    s = " ".join(s.split())
+    if len(s) > width:
+        s = s[:width - 1] + "…"
+    return s.replace("|", "\\|")
+
+
+def _n(k: int, what: str) -> str:
+    return f"{k} {what}" + ("" if k == 1 or what.endswith("s") else "s")
+
+
+def identity_lines(meta: Dict[str, Any], run_dir: str) -> List[str]:
+    """One line of run identity (machine, commit, preset, when) and one of provenance."""
+    m = meta.get("machine") or {}
+    mach = ", ".join(str(x) for x in (m.get("cpu"), f"{m['cores']} cores" if m.get("cores") else None,
+                                         _fmt_bytes(m["memory_bytes"]) if m.get("memory_bytes") else None,
+                                         m.get("gpu_name")) if x)
+    commit = meta.get("git_commit")
+    bits = [f"**machine** {mach}" if mach else None,
+            f"**commit** `{str(commit)[:12]}`" if commit else None,
+            f"**preset** {meta['preset']}" if meta.get("preset") else None,
+            f"**device** {meta['device']}" if meta.get("device") else None,
+            f"**started** {meta['start_time']}" if meta.get("start_time") else None]
+    bits = [b for b in bits if b]
+    first = " · ".join(bits) if bits else "_meta.json is missing: machine, commit and preset unknown._"
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    second = (f"Generated {now} from `{portable_path(run_dir)}` (rows.jsonl + meta.json). Figures are in "
+              f"`{FIG_DIR}/`. Times are medians over repeated runs with their interquartile range [q25–q75].")
+    return [first, "", second]
+
+
 def summary_section(df) -> str:
-    """Rows per suite and status, and every error/skip/timeout/oom with its reason."""
+    """Rows per suite and status; torn lines and unfinished cases. (The rows themselves are listed at the end:
+    :func:`limits_section`, :func:`problems_section`.)"""
     import pandas as pd
 
     lines = ["## Run summary", ""]
@@ -245,15 +412,165 @@ def summary_section(df) -> str:
                      "`rnnbench run --resume --out DIR` completes them.")
     counts = pd.crosstab(df["suite"].fillna("?"), df["status"].fillna("?"))
     lines += ["", md_table(counts.reset_index().rename(columns={"suite": "suite \\ status"}), floatfmt="g")]
-    prob = df[df["status"].fillna("ok") != "ok"]
-    if len(prob):
-        cols = [c for c in ("suite", "case", "backend", "metric", "status", "reason") if c in prob.columns]
-        shown = prob[cols].copy()
-        shown["reason"] = shown["reason"].fillna("").astype(str).str.replace("\n", " ").str.slice(0, 240)
-        lines += ["", "### Errors and skips", ""]
-        lines.append(md_table(shown.head(MAX_PROBLEM_ROWS)))
-        if len(prob) > MAX_PROBLEM_ROWS:
-            lines.append(f"\n… and {len(prob) - MAX_PROBLEM_ROWS} more (see rows.jsonl).")
+    st = df["status"].fillna("ok")
+    notes = []
+    if (st == LIMIT).any():
+        notes.append(f"`{LIMIT}`: a float under/overflow recorded as such (expected; listed under "
+                     "[Limits](#limits))")
+    if (~st.isin(["ok", LIMIT])).any():
+        notes.append("the other non-ok rows are listed under [Errors and skips](#errors-and-skips)")
+    if notes:
+        lines += ["", "; ".join(notes).capitalize() + "."]
+    return "\n".join(lines)
+
+
+def _problem_table(rows, cols: Sequence[str] = ("suite", "case", "backend", "dtype", "metric", "status", "reason"),
+                   reason_width: int = 240) -> List[str]:
+    import pandas as pd
+
+    cols = [c for c in cols if c in rows.columns]
+    shown = pd.DataFrame({c: [_cell(v, reason_width if c == "reason" else 80) for v in rows[c]] for c in cols})
+    out = [md_table(shown.head(MAX_PROBLEM_ROWS))]
+    if len(rows) > MAX_PROBLEM_ROWS:
+        out.append(f"\n… and {len(rows) - MAX_PROBLEM_ROWS} more (see rows.jsonl).")
+    return out
+
+
+def limits_section(df) -> str:
+    """The rows that reached float limits (status ``limit``), or "" when there are none."""
+    rows = df[df["status"] == LIMIT]
+    if not len(rows):
+        return ""
+    lines = ["## Limits", "",
+             f"{_n(len(rows), 'row')} recorded a float under- or overflow: a gradient curve that left the range of "
+             "its dtype (vanishing below the smallest normal number, or exploding past the largest), or a value "
+             "that it left undefined. That is the physics being measured, not a failure; the values beyond that "
+             "step are NaN, never zeros."]
+    legacy = int(df.attrs.get("legacy_limits") or 0)
+    if legacy:
+        who = "All of them were" if legacy == len(rows) else f"{_n(legacy, 'row')} of them {'was' if legacy == 1 else 'were'}"
+        lines.append(f"{who} recorded with status `error` by this run (written before the status `{LIMIT}` "
+                     "existed) and are read as limits.")
+    cols = (["suite"] if rows["suite"].nunique() > 1 else []) + ["case", "backend", "dtype", "setting", "metric",
+                                                                  "reason"]
+    lines += [""] + _problem_table(rows, cols, reason_width=120)
+    return "\n".join(lines)
+
+
+def problems_section(df) -> str:
+    """Every error, skip, timeout and oom with its reason, or "" when there are none."""
+    prob = df[~df["status"].fillna("ok").isin(["ok", LIMIT])]
+    if not len(prob):
+        return ""
+    return "\n".join(["## Errors and skips", ""] + _problem_table(prob))
+
+
+# -- findings ------------------------------------------------------------------------------------------
+
+SUITE_TITLES = {"throughput": "Throughput", "memory": "Memory", "gradients": "Gradients", "ctc": "CTC"}
+SUITE_NOUNS = {"gradients": "gradient", "ctc": "CTC"}
+
+
+def _fmt_err(v: Any) -> str:
+    from suites.report_util import short
+    return short(v)
+
+
+def run_findings(df) -> List[str]:
+    """The run's health: rows per status, float limits apart from errors, torn lines, unfinished cases."""
+    st = df["status"].fillna("ok")
+    n_cases = df["case_key"].nunique() if "case_key" in df.columns and df["case_key"].notna().any() else None
+    parts = [f"{(st == 'ok').sum()} ok"]
+    lim = df[st == LIMIT]
+    if len(lim):
+        per = lim.groupby(lim["suite"].fillna("?")).size()
+        what = ", ".join(f"{k} {SUITE_NOUNS.get(s, s)}" for s, k in per.items())
+        parts.append(f"{what} points reached float limits (expected; see [Limits](#limits))")
+    skipped = int((st == "skipped").sum())
+    see = " (see [Errors and skips](#errors-and-skips))"
+    if skipped:
+        parts.append(f"{skipped} skipped" + see)
+    failed = df[st.isin(_NOT_OK)]
+    if len(failed):
+        per = failed.groupby(failed["status"]).size()
+        parts.append("**" + ", ".join(_n(int(k), s) for s, k in per.items()) + "**" + ("" if skipped else see))
+    else:
+        parts.append("no errors")
+    other = int((~st.isin(("ok", LIMIT, "skipped") + _NOT_OK)).sum())
+    if other:
+        parts.append(f"{other} with another status")
+    out = [f"- {len(df)} rows" + (f" from {n_cases} cases" if n_cases else "") + ": " + ", ".join(parts) + "."]
+    bad = df.attrs.get("bad_lines") or []
+    if bad:
+        out.append(f"- **{len(bad)} unreadable line(s)** in rows.jsonl skipped (torn writes; see "
+                   "[Run summary](#run-summary)).")
+    if "complete" in df.columns and (~df["complete"].astype(bool)).any():
+        inc = df.loc[~df["complete"].astype(bool), "case_key"].nunique()
+        out.append(f"- **{inc} case(s) did not finish** (interrupted): `rnnbench run --resume` completes them.")
+    return out
+
+
+def equivalence_findings(df) -> List[str]:
+    """Every suite's check against the NumPy reference (metric ``equiv_error``): all pass, or which failed."""
+    from suites.report_util import anchor, sci
+
+    eq = df[df["metric"] == "equiv_error"]
+    if not len(eq):
+        return []
+    ok = eq[eq["status"] == "ok"]
+    bad = eq[eq["status"].isin(_NOT_OK)]
+    per = ", ".join(f"{s} {k}" for s, k in eq.groupby(eq["suite"].fillna("?")).size().items())
+    target = ("#" + anchor("First-call (compile) times and equivalence")) if (eq["suite"] == "throughput").any() \
+        else "#errors-and-skips"
+    if not len(bad):
+        line = f"- [Equivalence](" + target + f") with the float64 NumPy reference: **all {len(eq)} checks pass** ({per})"
+        if len(ok) and ok["value"].notna().any():
+            v = ok["value"].astype(float)
+            tol = ok["tol"].astype(float) if "tol" in ok.columns else None
+            score = v / tol if tol is not None and tol.notna().all() and (tol > 0).all() else v
+            w = ok.loc[score.idxmax()]
+            line += (f"; worst {_fmt_err(w['value'])} relative ({_cell(w['backend'], 40)}, {_cell(w['suite'], 40)}"
+                     + (f", allowed {sci(w['tol'])}" if tol is not None and w.get("tol") == w.get("tol") else "")
+                     + ")")
+        return [line + "."]
+    shown = []
+    for _, r in bad.head(5).iterrows():
+        val = f": {_fmt_err(r['value'])}" if r.get("value") == r.get("value") and r.get("value") is not None else ""
+        shown.append(f"{_cell(r['backend'], 40)} on {_cell(r['case'], 60)} ({_cell(r['suite'], 40)}){val}"
+                     + (f" — {_cell(r.get('reason'), 100)}" if r.get("reason") else ""))
+    more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return [f"- Equivalence with the float64 NumPy reference: **{len(bad)} of {len(eq)} checks fail** "
+            f"(not timed; see [Errors and skips](#errors-and-skips)): " + "; ".join(shown) + more + "."]
+
+
+def suite_findings(suite: str, df, plugins: Optional[Dict[str, Any]] = None, **opts: Any) -> List[str]:
+    """One suite's findings: its Suite's ``report_findings`` (Markdown bullet lines), [] where it has none."""
+    obj = _suite_object(suite, plugins or {})
+    fn = getattr(obj, "report_findings", None) if obj is not None else None
+    if not callable(fn):
+        return []
+    try:
+        got = fn(df, **opts)
+        got = [] if got is None else ([got] if isinstance(got, str) else [str(x) for x in got])
+    except Exception as e:  # noqa: BLE001 - one broken suite must not cost the rest of the report
+        return [f"- _The {suite} findings failed: {type(e).__name__}: {_cell(e, 200)}_"]
+    out = []
+    for line in got:
+        for part in str(line).splitlines():
+            if part.strip():
+                out.append(part if re.match(r"^\s*[-*]\s+", part) else f"- {part.strip()}")
+    return out
+
+
+def findings_section(df, suites: Sequence[str], plugins: Dict[str, Any], **opts: Any) -> str:
+    """``## Findings``: the run's health, equivalence, then each suite's findings under its name."""
+    lines = ["## Findings", ""] + run_findings(df) + equivalence_findings(df)
+    for suite in suites:
+        sub = df[df["suite"] == suite].copy()
+        sub.attrs = dict(df.attrs)
+        got = suite_findings(suite, sub, plugins=plugins, **opts)
+        if got:
+            lines += ["", f"**{SUITE_TITLES.get(suite, _cell(suite, 80))}**", ""] + got
     return "\n".join(lines)
 
 
@@ -307,31 +624,35 @@ def write_report(run_dir: str, baseline: str = "torch", suites: Sequence[Any] = 
     Args:
         run_dir: a run directory (``rows.jsonl`` and ``meta.json``).
         baseline: the backend that speed-ups are relative to (a section falls back to another if absent).
-        suites: plug-in Suite objects whose rows are in the run: their ``report_section`` writes their part
-            (a run directory never names code to import; built-in suites are found by name).
+        suites: plug-in Suite objects whose rows are in the run: their ``report_section`` and
+            ``report_findings`` write their part (a run directory never names code to import; built-in suites
+            are found by name).
     Raises:
         UsageError: the directory is missing, empty, corrupted or holds no rows.
     """
     import matplotlib
     matplotlib.use("Agg")
 
-    df = load_run(run_dir)
+    df = apply_limits(load_run(run_dir))
     meta = df.attrs.get("meta") or {}
     plugins = {getattr(s, "name", None): s for s in suites}
     fig_dir = os.path.join(run_dir, FIG_DIR)
     os.makedirs(fig_dir, exist_ok=True)
     run_id = meta.get("run_id") or (df["run_id"].dropna().iloc[0] if "run_id" in df and df["run_id"].notna().any()
                                     else os.path.basename(os.path.abspath(run_dir)))
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    parts = [f"# rnnbench report: {run_id}", "",
-             f"Generated {now} from `{portable_path(run_dir)}` (rows.jsonl + meta.json). Figures are in "
-             f"`{FIG_DIR}/`. Times are medians over repeated runs with their interquartile range [q25–q75].",
-             "", machine_section(meta), "", summary_section(df)]
-    for suite in _suite_order(df["suite"].dropna().unique()):
+    order = _suite_order(df["suite"].dropna().unique())
+    opts = dict(baseline=baseline, run_dir=run_dir, meta=meta)
+    sections = []
+    for suite in order:
         sub = df[df["suite"] == suite].copy()
         sub.attrs = dict(df.attrs)
-        parts += ["", suite_section(suite, sub, fig_dir, plugins=plugins, baseline=baseline, run_dir=run_dir,
-                                    meta=meta)]
+        sections += ["", suite_section(suite, sub, fig_dir, plugins=plugins, **opts)]
+    parts = [f"# rnnbench report: {run_id}", ""] + identity_lines(meta, run_dir)
+    parts += ["", findings_section(df, order, plugins, **opts), "", machine_section(meta), "", summary_section(df)]
+    parts += sections
+    for tail in (limits_section(df), problems_section(df)):
+        if tail:
+            parts += ["", tail]
     md = "\n".join(parts).rstrip() + "\n"
     md_path = os.path.join(run_dir, REPORT_MD)
     _write_atomic(md_path, md)

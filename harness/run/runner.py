@@ -726,6 +726,10 @@ def _stamp(row: Dict[str, Any], case, attempt: int, threads: int, process: int =
     extra.setdefault("threads", threads)
     if processes > 1:
         extra["process"], extra["processes"] = process, processes
+    try:  # the machine's load when the row was written: timings under foreign load are suspect
+        extra.setdefault("load1", round(os.getloadavg()[0], 2))
+    except OSError:  # pragma: no cover - no load average on this platform
+        pass
     row["extra"] = extra
     return row
 

@@ -4,6 +4,10 @@ reference, the native semantics each framework shows before normalisation, and t
 ``section(df, fig_dir, **opts) -> str`` takes the rows of a run (``extra`` flattened: ``case_class``,
 ``within_tol``, ``note``, ``path`` ...) and returns Markdown; the timing figure is saved as
 ``fig_dir/ctc_timing.png`` and referenced as ``figures/ctc_timing.png``.
+
+``findings(df, **opts) -> list[str]``: the headline bullets (the NumPy forward-backward against brute force,
+then each backend and dtype against the float64 reference: max errors against the tolerances the rows carry),
+each linking to its table.
 """
 from __future__ import annotations
 
@@ -13,10 +17,20 @@ from typing import Any, List
 import numpy as np
 
 from harness.measure.format import md_table
+from suites.report_util import link, readable_log_axes, sci, short
 
 BACKEND_ORDER = ("numpy", "torch", "torch-native", "jax")
 CLASS_ORDER = ("random", "repeats", "empty", "tight", "impossible", "blank_last", "peaked", "long", "timing", "tiny")
 GREEN, RED = "🟢", "🔴"
+#: Headings of the section (the findings link to them).
+H_SECTION = "CTC"
+H_LOSS = "Loss: max relative error"
+H_GRAD_ABS = "Gradient: max absolute error"
+H_GRAD_REL = "Gradient: max relative error (to the largest |reference gradient|)"
+H_CHECKS = "Checks of the reference"
+#: What each backend is, in the findings.
+BACKEND_TITLES = {"numpy": "NumPy", "torch": "torch (F.ctc_loss)", "torch-native": "torch native",
+                  "jax": "JAX (optax.ctc_loss)"}
 
 
 def _backends(df) -> List[str]:
@@ -89,7 +103,12 @@ def _timing(d, fig_dir: str, backends: List[str]) -> List[str]:
     sub = d[(d["metric"] == "loss_grad_ms") & (d["status"] == "ok")]
     if len(sub) == 0:
         return ["_(no timing rows)_"]
-    sub = sub.assign(shape=[f"T{t} B{b} C{c} L{l} {dt}" for t, b, c, l, dt in
+    def i(v):
+        try:
+            return int(v) if float(v) == int(float(v)) else v
+        except (TypeError, ValueError):
+            return v
+    sub = sub.assign(shape=[f"T{i(t)} B{i(b)} C{i(c)} L{i(l)} {dt}" for t, b, c, l, dt in
                             zip(sub["seq_len"], sub["batch"], sub["classes"], sub["label_len"], sub["dtype"])])
     rows = []
     for shape, g in sub.groupby("shape", sort=False):
@@ -125,6 +144,7 @@ def _timing(d, fig_dir: str, backends: List[str]) -> List[str]:
         ax.set_xticks(np.arange(len(shapes)) + w * (len(backends) - 1) / 2)
         ax.set_xticklabels(shapes, fontsize=7)
         ax.set_yscale("log")
+        readable_log_axes(ax, "y")
         ax.set_ylabel("loss + gradient, ms (median, IQR)")
         ax.set_title("CTC loss + gradient")
         ax.legend(fontsize=8)
@@ -148,16 +168,16 @@ def section(df, fig_dir: str, **opts: Any) -> str:
         if c not in d.columns:
             d[c] = None
     backends = _backends(d)
-    out = ["## CTC", "",
+    out = [f"## {H_SECTION}", "",
            "Loss per sequence and gradient w.r.t. the unnormalised logits against the float64 NumPy reference "
            f"(log-space forward-backward). {GREEN} within the tolerance (float64: relative 1e-10 on "
            f"losses and gradients; float32: relative 1e-5 on losses, absolute 1e-5 on gradients), {RED} outside. "
            "Impossible alignments are compared after each backend's normalisation (inf loss, zero gradient).", "",
-           "### Loss: max relative error", "", _error_table(d, "loss_rel_err", backends), "",
-           "### Gradient: max absolute error", "", _error_table(d, "grad_abs_err", backends), "",
-           "### Gradient: max relative error (to the largest |reference gradient|)", "",
+           f"### {H_LOSS}", "", _error_table(d, "loss_rel_err", backends), "",
+           f"### {H_GRAD_ABS}", "", _error_table(d, "grad_abs_err", backends), "",
+           f"### {H_GRAD_REL}", "",
            _error_table(d, "grad_rel_err", backends), "",
-           "### Checks of the reference", "",
+           f"### {H_CHECKS}", "",
            "Brute force enumerates all C^T paths of tiny cases; the decoders are compared with exhaustive search; "
            "the invariants hold on every valid frame (Σ_k γ_t(k) = 1, gradient rows sum to 0, "
            "log Σ_s α_t(s)β_t(s) = log p at every t).", "",
@@ -171,3 +191,87 @@ def section(df, fig_dir: str, **opts: Any) -> str:
         out += ["", f"_{len(errs)} CTC row(s) failed:_ " + "; ".join(
             f"{r.backend}/{r.case}: {r.reason}" for r in errs.itertuples())]
     return "\n".join(out) + "\n"
+
+
+# -- findings ------------------------------------------------------------------------------------------
+
+def _tol(g, col: str):
+    """The tolerance the rows ``g`` carry in ``col`` (one value), else None."""
+    if col not in g.columns:
+        return None
+    v = [float(x) for x in g[col] if x is not None and x == x]
+    return max(v) if v else None
+
+
+def _judge(g, metric: str, tol_col: str):
+    """(max error, tolerance, number of case classes, case classes beyond the tolerance) of ``metric``."""
+    m = g[(g["metric"] == metric) & (g["status"] == "ok") & g["value"].notna()]
+    if not len(m):
+        return None
+    tol = _tol(m, tol_col)
+    worst = m.groupby("case_class")["value"].max().astype(float)
+    bad = [str(c) for c, v in worst.items() if tol is not None and v > tol]
+    return float(worst.max()), tol, len(worst), bad
+
+
+def findings(df, **opts: Any) -> List[str]:
+    """Headline bullets of the CTC rows (see the module docstring); [] without CTC rows."""
+    d = df[df["suite"] == "ctc"] if "suite" in df.columns else df
+    if not len(d):
+        return []
+    d = d.copy()
+    for c in ("case_class", "within_tol", "tol"):
+        if c not in d.columns:
+            d[c] = None
+    out: List[str] = []
+    ref = d[(d["backend"] == "numpy") & d["metric"].isin(["ref_vs_brute_rel", "ref_grad_vs_brute"])
+            & (d["status"] == "ok") & d["value"].notna()]
+    if len(ref):
+        parts = []
+        for metric, what in (("ref_vs_brute_rel", "loss"), ("ref_grad_vs_brute", "gradient")):
+            g = ref[ref["metric"] == metric]
+            if len(g):
+                parts.append(f"{what} {short(g['value'].max())}")
+        tol = _tol(ref, "tol")
+        ok = bool(ref["within_tol"].astype(bool).all()) if ref["within_tol"].notna().all() else None
+        verdict = "within" if ok else ("**beyond**" if ok is False else "against")
+        out.append(f"- {link('NumPy forward-backward vs brute force', H_CHECKS)} (every path of "
+                   f"{ref['case'].nunique()} tiny case(s)): max error " + ", ".join(parts)
+                   + (f", {verdict} the tolerance {sci(tol)}" if tol is not None else "") + ".")
+    errs = d[d["metric"].isin(["loss_rel_err", "grad_abs_err", "grad_rel_err"])]
+    for b in _backends(errs):
+        gb = errs[errs["backend"] == b]
+        if len(gb) and (gb["status"] == "skipped").all():
+            out.append(f"- {BACKEND_TITLES.get(b, b)}: skipped ({str(gb['reason'].iloc[0])[:100]}).")
+            continue
+        parts = []
+        for dtype in sorted(gb["dtype"].dropna().unique(), reverse=True):  # float64 first
+            g = gb[gb["dtype"] == dtype]
+            loss = _judge(g, "loss_rel_err", "loss_rel")
+            grad = (_judge(g, "grad_rel_err", "grad_rel") if "grad_rel" in g.columns and g["grad_rel"].notna().any()
+                    else _judge(g, "grad_abs_err", "grad_abs"))
+            gkind = "rel" if "grad_rel" in g.columns and g["grad_rel"].notna().any() else "abs"
+            if loss is None and grad is None:
+                continue
+            bits, bad = [], set()
+            for name, j in (("loss rel", loss), (f"gradient {gkind}", grad)):
+                if j is None:
+                    continue
+                v, tol, n, over = j
+                bad |= set(over)
+                bits.append(f"{name} {short(v)}" + (f" {'>' if over else '≤'} {sci(tol)}" if tol is not None else ""))
+            ok = g[g["metric"] == "loss_rel_err"]["within_tol"]
+            n_cls = g["case_class"].nunique()
+            if bad:
+                verdict = f"— **{len(bad)} of {n_cls} case classes beyond** ({', '.join(sorted(bad))})"
+            elif len(ok) and ok.notna().all() and not ok.astype(bool).all():
+                verdict = "— **outside the tolerance in some cases**"
+            else:
+                verdict = f"— all {n_cls} case classes within"
+            parts.append(f"{dtype}: " + ", ".join(bits) + f" {verdict}")
+        if parts:
+            target = H_LOSS if b == "numpy" else H_GRAD_ABS
+            who = f"{BACKEND_TITLES.get(b, b)} vs the float64 reference" if b != "numpy" else \
+                "NumPy in each dtype vs the float64 reference"
+            out.append(f"- {link(who, target)}: " + "; ".join(parts) + ".")
+    return out

@@ -34,8 +34,18 @@ greedy_agree          frac     (numpy, tiny) greedy == collapse(best path by enu
 beam_agree            frac     (numpy, tiny) prefix beam (beam >= C^T) == exhaustive search
 beam_score_rel        rel      (numpy, tiny) beam score against -CTC loss of its labelling
 native_*              various  (torch/jax, impossible) native values before normalisation (see report)
-loss_grad_ms          ms       median time of loss + gradient (timing cases); samples in ms
+grad_err_per_nll      1        (float32) grad_abs_err / mean reference loss: how the error scales
+loss_grad_ms          ms       median time of loss + gradient (timing cases); samples in ms; ``within_tol``
+                               says whether this backend's result passed its check in the same case
 ====================  =======  =======================================================================
+
+The float32 gradient tolerance (1e-5 absolute) is right; torch's float32 path is what misses it. Measured at
+T = 25…1000 (C = 32, L = T/4, the same float32 inputs to everyone): torch's error grows in proportion to the
+negative log-likelihood, about 3–6e-7 × nll (1.7e-5 at T=25, 1.6e-4 at T=200, 1.8e-3 at T=1000), which is what
+forming ``exp(log α + log β + nll − log p)`` in float32 gives: the rounding error of O(nll) log-space sums lands
+in the exponent. ``optax.ctc_loss`` in float32 stays at 1.5–7e-7 over the same range and the NumPy reference in
+float32 at 3e-7–2.3e-5, so a float32 path can meet 1e-5. ``grad_err_per_nll`` shows that scaling per case, and
+``tests/test_ctc.py`` keeps the measurement.
 """
 from __future__ import annotations
 
@@ -260,6 +270,10 @@ class CtcSuite(Suite):
         for metric, v in errs.items():
             unit = {"loss_abs_err": "nats", "inf_mismatch": "count"}.get(metric, "rel" if "rel" in metric else "abs")
             yield case.row(metric, v, unit, within_tol=ok, **tol, **common)
+        fin = np.isfinite(ref_loss)
+        if dtype == "float32" and fin.any():
+            yield case.row("grad_err_per_nll", errs["grad_abs_err"] / float(np.mean(np.abs(ref_loss[fin]))), "1",
+                           within_tol=ok, **common)
         if backend.reference and dtype == "float64":
             for metric, v in reference_checks(x, tg, il, tl, blank).items():
                 yield case.row(metric, v, "rel" if metric == "lik_over_t_dev" else "abs",
@@ -274,7 +288,7 @@ class CtcSuite(Suite):
             fn = backend.prepare_ctc(xl, tg, il, tl, blank)
             m = Timer(fn, budget_s=budget, min_runs=5).run()
             yield case.row("loss_grad_ms", m.median * 1e3, "ms", path=backend.ctc_path(), compile_s=m.compile_s,
-                           rel_iqr=m.rel_iqr, **m.to_row_kwargs(1e3), **common)
+                           rel_iqr=m.rel_iqr, within_tol=ok, **m.to_row_kwargs(1e3), **common)
 
 
 def _backend_list(backends: Optional[Sequence[str]], device: str) -> List[str]:

@@ -15,7 +15,15 @@
 - ``gradients_param_norm.png``: ‖∂L/∂θ‖ against T, clipped and unclipped.
 
 Curves with an under/overflow carry NaN past that step and are drawn up to it, with a marker: they are
-never drawn as zeros. Several seeds: the tables average over seeds; the figures show the first seed.
+never drawn as zeros (such rows have status ``limit``; runs from before it existed recorded ``error``).
+Several seeds: the tables average over seeds; the figures show the first seed.
+
+Log axes spanning hundreds of decades: the y-limits are computed in log10 space from the finite data and set
+*before* anything is drawn (matplotlib's autoscale pads the data limits in log space and overflows ``exp``
+near 1e±308 otherwise); ticks only inside the view (:func:`suites.report_util.readable_log_axes`).
+
+:func:`findings`: the headline bullets (rates against theory, the linear recurrence, the checks, backend
+agreement, float32 underflow), each linking to its table.
 """
 from __future__ import annotations
 
@@ -26,11 +34,21 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from harness.measure.format import md_table
+from suites.report_util import link, readable_log_axes, sci, short
 
 CELL_TITLES = {"rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)", "lstm": "LSTM", "gru": "GRU",
                "linear": "linear RNN"}
 CELL_ORDER = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATE = {"lstm": "forget", "gru": "update"}
+#: Headings of the section (the findings link to them).
+H_SECTION = "Gradients through time"
+H_RATES = "Fitted vs predicted rates (vanilla and linear RNNs, float64)"
+H_GATES = "LSTM / GRU: gate statistics and rates (float64)"
+H_HEALTH = "Where curves stop (under/overflow)"
+H_AGREE = "Backend agreement (adjoint vectors against NumPy)"
+H_CHECKS = "Checks"
+#: Statuses of a curve that stopped at a float limit (``error`` in runs from before ``limit``).
+STOPPED = ("limit", "error")
 
 
 # -- data helpers --------------------------------------------------------------------------------------
@@ -144,30 +162,31 @@ def _draw_curve(ax, c: Dict[str, Any], color, label: Optional[str], theory: bool
         ax.semilogy(c["k"][:len(t)][tok], t[tok], color=color, ls="--", lw=1.0, alpha=0.8)
 
 
-def _log_ylim(ax, arrays) -> None:
-    """Set log y-limits from the finite positive data: matplotlib's autoscale gives up (falls back to
-    [1, 10]) when a panel spans ~600 decades, as exploding and vanishing float64 curves together do."""
+def _log_ylim(ax, arrays) -> bool:
+    """Put ``ax``'s y axis on a log scale with limits from the finite positive data, **before** anything is
+    drawn; returns False (nothing set) without such data.
+
+    Computed in log10 space: matplotlib's autoscale gives up (falls back to [1, 10]) when a panel spans ~600
+    decades, as exploding and vanishing float64 curves together do, and pads its data limits in log space,
+    so that their inverse transform ``exp`` overflows near 1e±308. With the limits set first, autoscaling of
+    y is off and drawing never computes them.
+    """
     vals = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays]) if arrays else np.zeros(0)
     vals = vals[np.isfinite(vals) & (vals > 1e-300) & (vals < 1e300)]
+    ax.set_yscale("log")
     if not vals.size:
-        return
+        return False
     lo, hi = np.log10(vals.min()), np.log10(vals.max())
     pad = max(0.05 * (hi - lo), 0.5)
     top = min(hi + pad, 280.0)
-    # matplotlib's log locator overflows near float64's limits and beyond ~500 decades: show at most 400.
+    # Keep at most 400 decades in view, and away from float64's limits (the renderer's transforms overflow).
     bottom = max(lo - pad, -300.0, top - 400.0)
     ax.set_ylim(10 ** bottom, 10 ** top)
-    # Fixed decade ticks inside the view: LogLocator places one step beyond it, which overflows to inf
-    # for a view near 1e300 when the step is tens of decades.
-    from matplotlib.ticker import FixedLocator, NullLocator
-    span = top - bottom
-    step = next(st for st in (1, 2, 5, 10, 20, 25, 50, 100, 200) if span / st <= 8)
-    first = math.ceil(bottom / step) * step
-    ax.yaxis.set_major_locator(FixedLocator([10.0 ** e for e in range(int(first), int(math.floor(top)) + 1, step)]))
-    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_autoscaley_on(False)
     if bottom > lo:
         ax.text(0.99, 0.01, f"clipped below 1e{bottom:.0f}", transform=ax.transAxes, ha="right", va="bottom",
                 fontsize=7, color="gray")
+    return True
 
 
 def _fig_curves(df, fig_dir: str) -> Optional[str]:
@@ -184,11 +203,12 @@ def _fig_curves(df, fig_dir: str) -> Optional[str]:
         for j, cell in enumerate(cells):
             ax = axes[i][j]
             sel = [c for c in curves if c.get("cell") == cell and _num(c.get("input_scale")) == s]
+            _log_ylim(ax, [c["norms"] for c in sel])
             for n, c in enumerate(sel):
                 color = "black" if _num(c.get("rho")) is None and cell not in GATE else cmap(n / max(1, len(sel) - 1) * 0.9)
                 _draw_curve(ax, c, color, _label(c))
             ax.set_title(f"{CELL_TITLES[cell]}, input scale {s:g}")
-            _log_ylim(ax, [c["norms"] for c in sel])
+            readable_log_axes(ax, "y")
             ax.grid(True, which="major", alpha=0.3)
             if i == len(scales) - 1:
                 ax.set_xlabel("steps back k")
@@ -211,8 +231,10 @@ def _fig_float32(df, fig_dir: str) -> Optional[str]:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), squeeze=False)
     ax = axes[0][0]
     cmap = plt.get_cmap("plasma")
+    _log_ylim(ax, [c["norms"] for c in lin])
     for n, c in enumerate(lin):
         _draw_curve(ax, c, cmap(n / max(1, len(lin) - 1) * 0.85), _label(c))
+    readable_log_axes(ax, "y")
     ax.set_title("Linear recurrence, W_hh = ρ·Q: measured (solid) vs ρ^k (dashed)")
     ax.set_xlabel("steps back k")
     ax.set_ylabel("‖∂L/∂h_{T−k}‖")
@@ -225,13 +247,17 @@ def _fig_float32(df, fig_dir: str) -> Optional[str]:
     sel32 = [c for c in f32 if _num(c.get("input_scale")) == s]
     sel64 = {c.get("setting"): c for c in f64 if _num(c.get("input_scale")) == s}
     cmap = plt.get_cmap("viridis")
+    tiny = float(np.finfo(np.float32).tiny)
+    _log_ylim(ax, [c["norms"] for c in sel32] + [sel64[c.get("setting")]["norms"] for c in sel32
+                                                 if c.get("setting") in sel64] + [np.array([tiny])])
     for n, c in enumerate(sel32):
         color = "black" if _num(c.get("rho")) is None else cmap(n / max(1, len(sel32) - 1) * 0.9)
         if c.get("setting") in sel64:
             _draw_curve(ax, sel64[c.get("setting")], color, None, theory=False, alpha=0.35, lw=3)
         _draw_curve(ax, c, color, _label(c), theory=False)
-    ax.axhline(np.finfo(np.float32).tiny, color="red", lw=0.8, ls=":")
-    ax.text(0, np.finfo(np.float32).tiny * 3, "float32 smallest normal", color="red", fontsize=7)
+    readable_log_axes(ax, "y")
+    ax.axhline(tiny, color="red", lw=0.8, ls=":")
+    ax.text(0, tiny * 3, "float32 smallest normal", color="red", fontsize=7)
     ax.set_title(f"tanh RNN, input scale {s:g}: float32 (thin) over float64 (wide, faint)")
     ax.set_xlabel("steps back k")
     ax.set_ylabel("‖∂L/∂h_{T−k}‖")
@@ -394,6 +420,7 @@ def _fig_param_norm(df, fig_dir: str) -> Optional[str]:
         ax.set_xlabel("sequence length T (loss on the last step)")
         ax.set_ylabel("‖∂L/∂θ‖ (dotted: after clipping)")
         ax.set_title(f"{CELL_TITLES[cell]}, input scale {top:g}" if top is not None else CELL_TITLES[cell])
+        readable_log_axes(ax)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -571,8 +598,8 @@ def _paragraph(df) -> str:
             ks = [int(v) for v in f32["underflow at k"]]
             s.append(f"In float32 the gradient underflows (every entry subnormal or zero) after {min(ks)}–{max(ks)} "
                      f"steps back in {len(f32)} decaying settings; those curves are marked and end there (they are "
-                     f"recorded with status error and NaN beyond, never as zeros). float64 reaches its own floor "
-                     f"only at the fastest decays.")
+                     f"recorded with status `{_stop_status(df)}` and NaN beyond, never as zeros). float64 reaches "
+                     f"its own floor only at the fastest decays.")
     at = _agree_table(df)
     if at is not None and at["max rel. diff vs numpy"].notna().any():
         good, bad = at[at["pass"] == "yes"], at[at["pass"] != "yes"]
@@ -603,7 +630,7 @@ def _paragraph(df) -> str:
 
 def section(df, fig_dir: str, **opts: Any) -> str:
     """The Markdown of the gradients section (figures written to ``fig_dir``)."""
-    lines = ["## Gradients through time", ""]
+    lines = [f"## {H_SECTION}", ""]
     if df is None or not len(df):
         return "\n".join(lines + ["_No gradient rows._"])
     df = df.copy()
@@ -638,12 +665,12 @@ def section(df, fig_dir: str, **opts: Any) -> str:
     if figs:
         lines += ["", "### Figures", ""] + [f + "\n" for f in figs]
     for title, table, note in (
-            ("Fitted vs predicted rates (vanilla and linear RNNs, float64)", _rnn_table(df),
+            (H_RATES, _rnn_table(df),
              "Pascanu et al. (2013): σ_max < 1/γ guarantees vanishing; σ_max > 1/γ is necessary for exploding."),
-            ("LSTM / GRU: gate statistics and rates (float64)", _gate_table(df),
+            (H_GATES, _gate_table(df),
              "Direct-path RMS(gate) ignores the recurrent path through the gates: a rough guide, not a check."),
-            ("Where curves stop (under/overflow)", _health_table(df), ""),
-            ("Backend agreement (adjoint vectors against NumPy)", _agree_table(df), "")):
+            (H_HEALTH, _health_table(df), ""),
+            (H_AGREE, _agree_table(df), "")):
         if table is not None and len(table):
             lines += ["", f"### {title}", ""]
             if note:
@@ -651,7 +678,7 @@ def section(df, fig_dir: str, **opts: Any) -> str:
             lines.append(md_table(table, floatfmt=".4g"))
     ct, failed = _checks_table(df)
     if ct is not None:
-        lines += ["", "### Checks", "", md_table(ct)]
+        lines += ["", f"### {H_CHECKS}", "", md_table(ct)]
         if len(failed):
             lines += ["", "Failed checks:", ""]
             for _, r in failed.head(30).iterrows():
@@ -660,3 +687,109 @@ def section(df, fig_dir: str, **opts: Any) -> str:
         else:
             lines += ["", "All checks passed."]
     return "\n".join(lines)
+
+
+# -- findings ------------------------------------------------------------------------------------------
+
+def _stop_status(df) -> str:
+    """The status this run gives a curve that stopped at a float limit: ``limit``, or ``error`` in old runs."""
+    c = df[df["metric"].isin(["grad_norm_h", "grad_norm_c"])]
+    return "limit" if (c["status"] == "limit").any() or not (c["status"] == "error").any() else "error"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2g} %"
+
+
+def _check_counts(df, metric: str):
+    c = df[df["metric"] == metric]
+    return int((c["status"] == "ok").sum()), len(c)
+
+
+def findings(df, **opts: Any) -> List[str]:
+    """Headline bullets of the gradients rows (see the module docstring); [] without gradient rows."""
+    if df is None or not len(df):
+        return []
+    df = df.copy()
+    for c in ("kind", "setting", "cell", "dtype", "backend"):
+        if c not in df.columns:
+            df[c] = None
+    if "suite" in df.columns:
+        df = df[df["suite"] == "gradients"]
+    out: List[str] = []
+    rt = _rnn_table(df)
+    if rt is not None and len(rt) and rt["rel. error"].notna().any():
+        tanh_small = rt[(rt["cell"] == CELL_TITLES["rnn_tanh"]) & (rt["init"] != "default") &
+                        (rt["input scale"] <= 0.1) & rt["rel. error"].notna()]
+        n_ok, n = _check_counts(df, "check_tanh_rate_theory")
+        thr = df[df["metric"] == "check_tanh_rate_theory"]["threshold"] if "threshold" in df.columns else []
+        thr = [float(t) for t in thr if t == t and t is not None]
+        parts = []
+        if len(tanh_small):
+            rhos = [i.split("=")[1] for i in tanh_small["init"]]
+            parts.append(f"tanh RNN (W_hh = ρ·Q, ρ = {rhos[0]}–{rhos[-1]}, small inputs) within "
+                         f"{_pct(float(tanh_small['rel. error'].abs().max()))} of ρ·RMS(tanh')"
+                         + (f" — {'**all ' if n_ok == n else '**'}{n_ok} of {n}** within ±{_pct(max(thr))}"
+                            if n and thr else ""))
+        judged = rt[rt["rel. error"].notna() & (rt["cell"] != "linear")]
+        if len(judged):
+            w = judged.loc[judged["rel. error"].abs().idxmax()]
+            parts.append(f"over all {len(judged)} vanilla-RNN settings median |error| "
+                         f"{_pct(float(judged['rel. error'].abs().median()))}, worst {_pct(abs(float(w['rel. error'])))} "
+                         f"({w['cell']}, {w['init']}, input scale {w['input scale']:g})")
+        if parts:
+            out.append(f"- {link('Rates against theory', H_RATES)}: fitted per-step rate of ‖∂L/∂h_(T−k)‖ vs "
+                       "σ_rms·RMS(f') from the same forward pass: " + "; ".join(parts) + ".")
+    lin = df[df["metric"] == "check_linear_exact"]
+    if len(lin):
+        n_ok, n = _check_counts(df, "check_linear_exact")
+        err = [x for x in (_num(v) for v in _col(lin, "max_rel_err")) if x is not None]
+        thr = [x for x in (_num(v) for v in _col(lin, "threshold")) if x is not None]
+        out.append(f"- {link('Linear recurrence', H_RATES)} ‖g_k‖ vs ρ^k: "
+                   + (f"max relative error {short(max(err))}" if err else "")
+                   + (f" (allowed {sci(max(thr))})" if thr else "")
+                   + f" — {'**all ' if n_ok == n else '**'}{n_ok} of {n}** settings exact.")
+    at = _agree_table(df)
+    if at is not None and at["max rel. diff vs numpy"].notna().any():
+        good, bad = at[at["pass"] == "yes"], at[at["pass"] != "yes"]
+        bks = ", ".join(sorted(set(at["backend"])))
+        line = (f"- {link('Backends agree', H_AGREE)} with NumPy ({bks}): {len(good)} of {len(at)} curves within "
+                f"tolerance, max relative difference "
+                f"{short(at['max rel. diff vs numpy'].max())}")
+        if len(bad):
+            line += " — **disagree**: " + "; ".join(
+                f"{r['backend']} {r['cell']} {r['dtype']} ({r['max rel. diff vs numpy']:.2g} at {r['at']})"
+                for _, r in bad.head(4).iterrows())
+        out.append(line + ".")
+    ct, failed = _checks_table(df)
+    if ct is not None and len(ct):
+        total = int(ct["passed"].sum() + ct["failed"].sum())
+        if len(failed):
+            names = ", ".join(f"{m} ({int(k)})" for m, k in failed.groupby("metric").size().items())
+            out.append(f"- {link('Checks', H_CHECKS)}: **{len(failed)} of {total} fail**: {names}.")
+        else:
+            top = ct.sort_values("passed", ascending=False, kind="stable")
+            kinds = [f"{m.replace('check_', '').replace('_', ' ')} {int(p)}" for m, p in
+                     zip(top["metric"][:3], top["passed"][:3])]
+            more = f", and {len(ct) - 3} more kinds" if len(ct) > 3 else ""
+            out.append(f"- {link('Checks', H_CHECKS)}: **all {total} pass** (" + ", ".join(kinds) + more + ").")
+    ht = _health_table(df)
+    if ht is not None:
+        bits = []
+        for dtype in ("float32", "float64"):
+            u = ht[(ht["dtype"] == dtype) & (ht["underflow at k"] != "-")]
+            o = ht[(ht["dtype"] == dtype) & (ht["non-finite at k"] != "-")]
+            got = []
+            if len(u):
+                ks = [int(v) for v in u["underflow at k"]]
+                got.append(f"{len(u)} curve(s) underflow after {min(ks)}–{max(ks)} steps back")
+            if len(o):
+                ks = [int(v) for v in o["non-finite at k"]]
+                got.append(f"{len(o)} overflow after {min(ks)}–{max(ks)}")
+            if got:
+                bits.append(f"{dtype}: " + ", ".join(got))
+        if bits:
+            out.append(f"- {link('Float limits', H_HEALTH)}: " + "; ".join(bits)
+                       + " — vanishing and exploding gradients leaving the dtype's range, recorded as such "
+                       "(not failures).")
+    return out

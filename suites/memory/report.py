@@ -9,6 +9,9 @@
 
 and tables: fitted exponents against the issue's targets, measured/theory ratios, RTRL's GEMM efficiency,
 and truncated BPTT's gradient bias.
+
+:func:`findings`: the headline bullets (where RTRL's memory passes BPTT's, measured against theory; fitted
+exponents against their targets; measured/theoretical peaks), each linking to its table.
 """
 from __future__ import annotations
 
@@ -17,6 +20,16 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from suites.report_util import link, readable_log_axes
+
+#: Headings of the section (the findings link to them).
+H_SECTION = "Memory: BPTT vs RTRL vs truncated BPTT"
+H_EXPONENTS = "Fitted exponents (log-log slopes) against the targets"
+H_CROSSOVER = "Crossover length T* (BPTT's peak passes RTRL's)"
+H_RATIO = "Measured / theoretical peak memory"
+CELL_TITLES = {"rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN", "lstm": "LSTM", "gru": "GRU"}
+EXPONENT_WHAT = {"exponent_mem_T": ("memory", "T"), "exponent_mem_H": ("memory", "H"),
+                 "exponent_time_H": ("time", "H")}
 ALG_COLORS = {"bptt": "tab:blue", "rtrl": "tab:red", "tbptt": "tab:green", "tbptt-chunked": "tab:olive"}
 
 
@@ -117,6 +130,7 @@ def _fig_vs(df, fig_dir: str, sweep: str, x: str, metric: str, name: str, ylab: 
         ax.set_ylabel(ylab)
         fixed = f"H={int(sub['hidden_size'].iloc[0])}" if x == "seq_len" else f"T={int(sub['seq_len'].min())}"
         ax.set_title(f"{cell}, batch {batch}, {fixed}", fontsize=10)
+        readable_log_axes(ax)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
@@ -143,6 +157,7 @@ def _fig_crossover(df, fig_dir: str) -> Optional[str]:
     ax.set_xlabel("hidden size H (units)")
     ax.set_ylabel("crossover length T* (steps)")
     ax.set_title("Length beyond which BPTT stores more than RTRL")
+    readable_log_axes(ax)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, fig_dir, "memory_crossover_T.png")
@@ -192,7 +207,7 @@ def section(df, fig_dir: str, **opts: Any) -> str:
     """Markdown for the memory suite (figures written to ``fig_dir``)."""
     if "suite" in df.columns:
         df = df[df["suite"] == "memory"]
-    out = ["## Memory: BPTT vs RTRL vs truncated BPTT", ""]
+    out = [f"## {H_SECTION}", ""]
     if df.empty:
         return "\n".join(out + ["_No memory rows._"])
     out.append("Peak memory of one gradient computation, each measured in a fresh process (NumPy: tracemalloc; "
@@ -216,7 +231,7 @@ def section(df, fig_dir: str, **opts: Any) -> str:
             out += [f"![{os.path.basename(f)}]({f})", ""]
     ex = _exponent_table(df)
     if ex:
-        out += ["### Fitted exponents (log-log slopes) against the targets", ""] + ex + [""]
+        out += [f"### {H_EXPONENTS}", ""] + ex + [""]
     eff = _ok(df, "rtrl_gemm_efficiency")
     if not eff.empty:
         out += ["### NumPy RTRL: GEMM efficiency", "",
@@ -227,7 +242,7 @@ def section(df, fig_dir: str, **opts: Any) -> str:
         out.append("")
     cr = _ok(df, "crossover_T")
     if not cr.empty:
-        out += ["### Crossover length T* (BPTT's peak passes RTRL's)", "",
+        out += [f"### {H_CROSSOVER}", "",
                 "| backend | cell | batch | H | T* measured | T* theory | extrapolated |", "|---|---|---|---|---|---|---|"]
         for _, r in cr.sort_values(["backend", "cell", "batch", "hidden_size"]).iterrows():
             out.append(f"| {r['backend']} | {r['cell']} | {r['batch']} | {r['hidden_size']} | {_fmt(r['value'], '.0f')} | "
@@ -242,5 +257,101 @@ def section(df, fig_dir: str, **opts: Any) -> str:
         out.append("")
     rt = _ratio_table(df)
     if rt:
-        out += ["### Measured / theoretical peak memory", ""] + rt + [""]
+        out += [f"### {H_RATIO}", ""] + rt + [""]
     return "\n".join(out)
+
+
+# -- findings ------------------------------------------------------------------------------------------
+
+def _target(r):
+    lo, hi = r.get("target_lo"), r.get("target_hi")
+    lo = None if lo is None or lo != lo else float(lo)
+    hi = None if hi is None or hi != hi else float(hi)
+    return lo, hi
+
+
+def _target_text(lo, hi) -> str:
+    return f"[{_fmt(lo, '.2g') if lo is not None else '−∞'}, {_fmt(hi, '.2g') if hi is not None else '∞'}]"
+
+
+def _int(v) -> str:
+    try:
+        return f"{float(v):,.0f}".replace(",", " ")
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def findings(df, **opts: Any) -> List[str]:
+    """Headline bullets of the memory rows (see the module docstring); [] without memory rows."""
+    if "suite" in df.columns:
+        df = df[df["suite"] == "memory"]
+    if df.empty:
+        return []
+    out: List[str] = []
+    cr = _ok(df, "crossover_T")
+    if len(cr) and "hidden_size" in cr.columns:
+        groups = []
+        ratios = []
+        for (backend, cell, batch), g in cr.groupby(["backend", "cell", "batch"], sort=False):
+            g = g.sort_values("hidden_size")
+            a, b = g.iloc[0], g.iloc[-1]
+            span = (f"{_int(a['value'])} (H={int(a['hidden_size'])})" if len(g) == 1 else
+                    f"{_int(a['value'])} (H={int(a['hidden_size'])}) → {_int(b['value'])} (H={int(b['hidden_size'])})")
+            groups.append(f"{backend} {CELL_TITLES.get(cell, cell)} B={batch}: {span}")
+            if "theory_T" in g.columns:
+                th = g["theory_T"].astype(float)
+                ratios += [float(v) / float(t) for v, t in zip(g["value"], th) if t == t and t > 0]
+        extra = ""
+        if ratios:
+            extra = f"; measured T* / theory {min(ratios):.2f}–{max(ratios):.2f}"
+        if "extrapolated" in cr.columns and cr["extrapolated"].astype(str).eq("True").all():
+            extra += " (extrapolated from the measured lengths)"
+        out.append(f"- {link('Crossover', H_CROSSOVER)}: RTRL stores more than BPTT up to T* steps, BPTT more "
+                   "beyond — " + "; ".join(groups) + extra + ".")
+    ex = df[df["metric"].isin(list(EXPONENT_WHAT)) & df["value"].notna()]
+    if len(ex):
+        judged = []
+        for _, r in ex.iterrows():
+            lo, hi = _target(r)
+            if lo is None and hi is None:
+                continue
+            v = float(r["value"])
+            judged.append((r, v, lo, hi, (lo is None or v >= lo) and (hi is None or v <= hi)))
+        if judged:
+            kinds: dict = {}
+            for r, v, lo, hi, ok in judged:
+                key = (str(r.get("algorithm")), r["metric"], lo, hi)
+                kinds.setdefault(key, []).append(v)
+            desc = []
+            for (alg, metric, lo, hi), vs in kinds.items():
+                what, x = EXPONENT_WHAT[metric]
+                lo_v, hi_v = (0.0 if abs(v) < 0.005 else v for v in (min(vs), max(vs)))
+                rng = f"{lo_v:.2f}" if abs(hi_v - lo_v) < 0.005 else f"{lo_v:.2f}–{hi_v:.2f}"
+                desc.append(f"{alg.upper()} {what} ∝ {x}^{rng} (target {_target_text(lo, hi)})")
+            miss = [(r, v, lo, hi) for r, v, lo, hi, ok in judged if not ok]
+            n_ok = len(judged) - len(miss)
+            head = (f"**all {len(judged)} fitted exponents with a target meet it**" if not miss else
+                    f"**{len(miss)} of {len(judged)} fitted exponents miss their target**")
+            line = f"- {link('Exponents', H_EXPONENTS)} against theory: {head}: " + "; ".join(desc)
+            if miss:
+                line += " — misses: " + "; ".join(
+                    f"{r['backend']} {CELL_TITLES.get(r['cell'], r['cell'])} B={r['batch']} {_alg_label(r)} "
+                    f"{r['metric']} {v:.2f} not in {_target_text(lo, hi)}" for r, v, lo, hi in miss[:4])
+                if len(miss) > 4:
+                    line += f", and {len(miss) - 4} more"
+            out.append(line + ".")
+    pk = _ok(df, "peak_bytes")
+    if len(pk) and "ratio" in pk.columns:
+        pk = pk.assign(_r=pk["ratio"].astype(float))
+        pk = pk[np.isfinite(pk["_r"]) & (pk["_r"] > 0)]
+        meth = pk["method"].fillna("?") if "method" in pk.columns else pk["backend"].map(lambda _: "?")
+        groups = []
+        for (backend, method), g in pk.groupby([pk["backend"], meth], sort=False):
+            r = g["_r"]
+            est = ", estimate" if "estimate" in g.columns and (g["estimate"] == True).all() else ""  # noqa: E712
+            groups.append((len(g), f"{backend} ({method}{est}) {r.median():.2f} [{r.min():.2f}–{r.max():.2f}]"))
+        if groups:
+            groups.sort(key=lambda t: -t[0])
+            out.append(f"- {link('Peak memory', H_RATIO)} measured / theory, median [min–max]: "
+                       + "; ".join(t for _, t in groups[:5]) + ".")
+    return out

@@ -12,6 +12,15 @@ returns Markdown. Figures go to ``fig_dir`` and are referenced as ``figures/<nam
 
 Sweeps are found in the data, not in the preset: for each factor and cell the largest group of cases that
 differ only in that factor is plotted, so any preset (or a merged run) works.
+
+``findings(df, baseline="torch", **opts) -> list[str]``: the headline bullets for the top of the report
+(fastest backend of the anchor and centre shapes per mode with its margin over the runner-up, wins over all
+shapes, efficiency, ceiling defects), each linking to the table it comes from.
+
+An efficiency row (``eff_gemm``, ``eff_recurrent``) may carry ``ceiling_defect``: a non-empty string when the
+efficiency beat its ceiling by more than the stated margin (a measurement defect). Such a value is never shown
+as a plain number (``1.21 ⚠ defect``), is left out of medians and ranges, and is listed in its own table.
+Without the column (older runs) no value is a defect.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from harness.measure.format import md_table, si
+from suites.report_util import link, readable_log_axes
 
 MODES = (("fwd", "inference forward"), ("train", "training (forward + backward)"))
 CELL_TITLES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)"}
@@ -31,6 +41,38 @@ SWEEPS = (("hidden_size", ("batch", "seq_len"), "hidden size H (= input size I)"
           ("batch", ("hidden_size", "input_size", "seq_len"), "batch size B", "throughput_vs_batch"),
           ("seq_len", ("hidden_size", "input_size", "batch"), "sequence length T (steps)", "throughput_vs_seq_len"))
 ANCHOR_TAGS = ("reference", "fastrnns")
+CENTRE_TAGS = ("centre",)
+EFF_METRICS = ("eff_gemm", "eff_recurrent")
+DEFECT_COL = "ceiling_defect"
+DEFECT_MARK = "⚠ defect"
+#: Headings of the section (the findings link to them).
+H_SECTION = "Throughput"
+H_ANCHORS = "Anchor cases"
+H_EFFICIENCY = "Efficiency against measured GEMM ceilings"
+H_DEFECTS = "Efficiency defects (ceiling beaten)"
+H_TOKENS = "Tokens per second"
+
+
+def _h_speedup(base: str) -> str:
+    return "Speed-up relative to " + base
+
+
+def _defect_of(r: Any) -> str:
+    """The ``ceiling_defect`` text of a row (a dict, Series or namedtuple), "" when none."""
+    v = r.get(DEFECT_COL) if hasattr(r, "get") else getattr(r, DEFECT_COL, None)
+    return v.strip() if isinstance(v, str) and v.strip() else ""
+
+
+def _defects(rows):
+    """A boolean Series: which of ``rows`` carry a ceiling defect (all False without the column)."""
+    if DEFECT_COL not in rows.columns:
+        return rows["metric"].map(lambda _: False).astype(bool)
+    return rows[DEFECT_COL].map(lambda v: isinstance(v, str) and bool(v.strip())).astype(bool)
+
+
+def _eff_text(value: float, defect: str, spec: str = ".2f") -> str:
+    """An efficiency for a table: the number, or the number marked as a defect (never a plain number then)."""
+    return f"{format(value, spec)} {DEFECT_MARK}" if defect else format(value, spec)
 
 
 def _backends(df) -> List[str]:
@@ -94,7 +136,7 @@ def _baseline(df, wanted: str) -> Tuple[Optional[str], str]:
 
 
 def _tokens_tables(df, order, backends) -> List[str]:
-    out = ["### Tokens per second", "",
+    out = [f"### {H_TOKENS}", "",
            "Tokens/s = B·T / time per call (higher is better); each cell is the median with the q25–q75 range "
            "of the repeats in brackets."]
     for mode, label in MODES:
@@ -107,7 +149,7 @@ def _tokens_tables(df, order, backends) -> List[str]:
 
 
 def _speedup_tables(df, order, backends, base: str, note: str) -> List[str]:
-    out = ["### Speed-up relative to " + base, "",
+    out = ["### " + _h_speedup(base), "",
            f"Ratio of median times, {base} time / backend time: above 1 the backend is faster than {base}{note}. "
            "In brackets the conservative range from the quartiles (baseline q25 / backend q75 … "
            "baseline q75 / backend q25)."]
@@ -159,9 +201,9 @@ def _anchor_tables(df, backends, base: str) -> List[str]:
                 bt = _metric(sub[sub["backend"] == base], f"{mode}_ms", mode)
                 rec[f"{mode}: time / {base}"] = (f"{t.value.iloc[0] / bt.value.iloc[0]:.2f}"
                                                  if len(t) and len(bt) else "-")
-                for eff in ("eff_gemm", "eff_recurrent"):
+                for eff in EFF_METRICS:
                     e = _metric(rb, eff, mode)
-                    rec[f"{mode} {eff}"] = f"{e.value.iloc[0]:.2f}" if len(e) else "-"
+                    rec[f"{mode} {eff}"] = _eff_text(float(e.value.iloc[0]), _defect_of(e.iloc[0])) if len(e) else "-"
             eq = _metric(rb, "equiv_error")
             rec["equiv. error"] = f"{eq.value.iloc[0]:.1e}" if len(eq) else "-"
             if len(err):
@@ -175,7 +217,7 @@ def _anchor_tables(df, backends, base: str) -> List[str]:
                     f"T={r0['seq_len']}, I={r0['input_size']}, H={r0['hidden_size']}, {r0['dtype']})", "",
                 md_table(pd.DataFrame(rows).fillna(""))]
     if out:
-        out = ["### Anchor cases", "",
+        out = [f"### {H_ANCHORS}", "",
                f"Median time per call in ms with [q25–q75]; `time / {base}` above 1 means slower than {base}; "
                "eff_* are fractions of the measured ceilings (see below)."] + out
     return out
@@ -183,29 +225,37 @@ def _anchor_tables(df, backends, base: str) -> List[str]:
 
 def _efficiency_tables(df, backends) -> List[str]:
     import pandas as pd
-    out = ["### Efficiency against measured GEMM ceilings", "",
+    out = [f"### {H_EFFICIENCY}", "",
            "`eff_gemm` = achieved model GFLOP/s (forward GEMM FLOPs 2·B·(I+H)·G·H·T·L, training 3×) divided by "
            "the GFLOP/s of a large square GEMM in the same framework, dtype and run; `eff_recurrent` = the same "
            "divided by the GFLOP/s of the hoisted input GEMM plus T per-step (B,H)x(H,G·H) GEMMs, timed as one "
-           "call (the best a step loop can do if elementwise work were free). Median [min–max] over cases."]
+           "call (the best a step loop can do if elementwise work were free). Median [min–max] over cases; "
+           f"an efficiency that beat its ceiling (`{DEFECT_COL}`) is a measurement defect: counted as "
+           f"`{DEFECT_MARK}`, left out of the median and range, listed below."]
     rows = []
     for b in backends:
         for mode, label in MODES:
             rec: Dict[str, Any] = {"backend": b, "mode": mode}
             any_ = False
-            for eff in ("eff_gemm", "eff_recurrent", "gflops"):
+            for eff in EFF_METRICS + ("gflops",):
                 e = _metric(df[df["backend"] == b], eff, mode)
+                col = eff if eff != "gflops" else "GFLOP/s"
                 if len(e):
                     any_ = True
-                    v = e["value"].astype(float)
-                    rec[eff if eff != "gflops" else "GFLOP/s"] = (f"{v.median():.3g} [{v.min():.3g}–{v.max():.3g}]")
+                    bad = _defects(e) if eff in EFF_METRICS else e["metric"].map(lambda _: False).astype(bool)
+                    v = e.loc[~bad, "value"].astype(float)
+                    text = f"{v.median():.3g} [{v.min():.3g}–{v.max():.3g}]" if len(v) else ""
+                    if bad.any():
+                        text = (text + " + " if text else "") + f"{int(bad.sum())} {DEFECT_MARK}"
+                    rec[col] = text
                 else:
-                    rec[eff] = "-"
+                    rec[col] = "-"
             if any_:
                 rows.append(rec)
     if not rows:
         return []
     out += ["", md_table(pd.DataFrame(rows))]
+    out += _defect_table(df)
     ceil = _metric(df, "ceiling_gflops")
     if len(ceil) and "kind" in ceil.columns:
         fw = "framework" if "framework" in ceil.columns else "backend"
@@ -224,6 +274,25 @@ def _efficiency_tables(df, backends) -> List[str]:
             out += ["", "Input-GEMM shapes are (T·B, I, G·H); recurrent shapes are (T, B, I, H, G·H) "
                         "(input GEMM + T step GEMMs, one call). GFLOP/s per framework:", "", md_table(t)]
     return out
+
+
+def _defect_rows(df):
+    eff = df[df["metric"].isin(EFF_METRICS) & df["value"].notna()]
+    return eff[_defects(eff)] if len(eff) else eff
+
+
+def _defect_table(df) -> List[str]:
+    import pandas as pd
+    d = _defect_rows(df)
+    if not len(d):
+        return []
+    rows = [{"backend": r["backend"], "case": r["case"], "mode": r.get("mode", "-"), "metric": r["metric"],
+             "efficiency": _eff_text(float(r["value"]), _defect_of(r)),
+             "defect": " ".join(_defect_of(r).split())[:200].replace("|", "\\|")} for _, r in d.iterrows()]
+    return ["", f"#### {H_DEFECTS}", "",
+            f"{len(rows)} efficiency value(s) exceed their ceiling by more than the stated margin: the ceiling or the "
+            "timing is wrong there (a measurement defect), so these are not efficiencies.", "",
+            md_table(pd.DataFrame(rows))]
 
 
 def _compile_table(df, backends) -> List[str]:
@@ -314,6 +383,7 @@ def _sweep_figure(df, var, fixed_cols, xlabel, name, fig_dir, colors) -> Optiona
             ax.xaxis.set_major_locator(FixedLocator(xs))
             ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xticklabels([f"{int(v)}" for v in xs])
+            readable_log_axes(ax, "y")
             ax.grid(True, which="both", alpha=0.3)
             ax.set_title(f"{CELL_TITLES.get(cell, cell)}, {mlabel}\n({_fixed_label(fixed)})", fontsize=10)
             if i == len(modes) - 1:
@@ -350,16 +420,22 @@ def _efficiency_figure(df, fig_dir, colors) -> Optional[str]:
         bks = _backends(_metric(sub, "eff_gemm", mode))
         width = 0.8 / max(len(bks), 1)
         for k, b in enumerate(bks):
-            vals, los, his = [], [], []
-            for eff in ("eff_gemm", "eff_recurrent"):
+            vals, los, his, bad = [], [], [], []
+            for eff in EFF_METRICS:
                 e = _metric(sub[sub["backend"] == b], eff, mode)
                 v = float(e.value.iloc[0]) if len(e) else np.nan
                 vals.append(v)
+                bad.append(bool(len(e)) and bool(_defect_of(e.iloc[0])))
                 los.append(v - float(e.q25.iloc[0]) if len(e) and e.q25.iloc[0] == e.q25.iloc[0] else 0)
                 his.append(float(e.q75.iloc[0]) - v if len(e) and e.q75.iloc[0] == e.q75.iloc[0] else 0)
             xs = np.arange(2) + (k - (len(bks) - 1) / 2) * width
             bars = ax.bar(xs, vals, width * 0.95, color=colors[b], label=b,
                           yerr=[np.maximum(los, 0), np.maximum(his, 0)], capsize=2, error_kw={"lw": 0.8})
+            for bar, x, v, is_bad in zip(bars, xs, vals, bad):
+                if is_bad:  # beat its ceiling: a measurement defect, drawn hatched and marked, not as a value
+                    bar.set_hatch("///")
+                    bar.set_alpha(0.45)
+                    ax.text(x, v, "defect", ha="center", va="bottom", fontsize=7, color="darkred", rotation=90)
             handles[b] = bars
         ax.set_xticks([0, 1])
         ax.set_xticklabels(["vs square GEMM\n(eff_gemm)", "vs input + T step GEMMs\n(eff_recurrent)"])
@@ -370,7 +446,7 @@ def _efficiency_figure(df, fig_dir, colors) -> Optional[str]:
     order = [b for b in BACKEND_ORDER if b in handles] + sorted(b for b in handles if b not in BACKEND_ORDER)
     fig.legend([handles[b] for b in order], order, loc="center right", title="backend")
     fig.suptitle("Efficiency: achieved model GFLOP/s / ceiling GFLOP/s (same framework, dtype, run; "
-                 "error bars: q25–q75)", fontsize=11)
+                 "error bars: q25–q75; hatched: ceiling beaten, a defect)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 0.93))
     path = os.path.join(fig_dir, "efficiency.png")
     fig.savefig(path, dpi=110)
@@ -385,7 +461,7 @@ def section(df, fig_dir: str, baseline: str = "torch", **opts: Any) -> str:
     import matplotlib
     matplotlib.use("Agg")
 
-    out = ["## Throughput", ""]
+    out = [f"## {H_SECTION}", ""]
     ok = df[df["status"] == "ok"]
     if len(_metric(df, "tokens_per_s")) == 0:
         return "\n".join(out + ["_No successful throughput measurements in this run._"])
@@ -422,3 +498,128 @@ def section(df, fig_dir: str, baseline: str = "torch", **opts: Any) -> str:
         for p, alt in figs:
             out += [f"![{alt}]({os.path.basename(os.path.dirname(p))}/{os.path.basename(p)})", ""]
     return "\n".join(out).rstrip()
+
+
+# -- findings ------------------------------------------------------------------------------------------
+
+def _shape_label(df, case: str, dtypes: int) -> str:
+    """``LSTM B64 T100 H256`` (``I`` when it differs from H, ``L`` above one layer, dtype when several)."""
+    r = df[df["case"] == case].iloc[0]
+
+    def num(v):
+        try:
+            return int(v)
+        except (TypeError, ValueError):
+            return v
+    parts = [CELL_TITLES.get(r["cell"], str(r["cell"]))]
+    if num(r.get("layers")) not in (None, 1) and r.get("layers") == r.get("layers"):
+        parts.append(f"L{num(r['layers'])}")
+    parts += [f"B{num(r['batch'])}", f"T{num(r['seq_len'])}"]
+    if r.get("input_size") != r.get("hidden_size"):
+        parts.append(f"I{num(r['input_size'])}")
+    parts.append(f"H{num(r['hidden_size'])}")
+    if dtypes > 1:
+        parts.append(str(r["dtype"]))
+    return " ".join(parts)
+
+
+def _ranking(df, case: str, mode: str) -> List[Tuple[str, float]]:
+    """(backend, median ms) of ``case`` in ``mode``, fastest first."""
+    t = _metric(df[df["case"] == case], f"{mode}_ms", mode)
+    best = t.groupby("backend")["value"].min().astype(float).sort_values()
+    return [(b, float(v)) for b, v in best.items() if v == v and v > 0]
+
+
+def _margin(rank: List[Tuple[str, float]]) -> str:
+    (b1, v1), (b2, v2) = rank[0], rank[1]
+    r = v2 / v1
+    return f"{r:.2f}× ahead of {b2}" if r < 10 else f"{r:.3g}× ahead of {b2}"
+
+
+def _headline_cases(df) -> List[Tuple[str, str]]:
+    """(case, kind) of the shapes the findings name: anchors, then centre points (else the most-measured case)."""
+    tags = (df.drop_duplicates("case").set_index("case")["tags"].fillna("").astype(str)
+            if "tags" in df.columns else None)
+    out: List[Tuple[str, str]] = [(c, "anchor") for c in _anchor_cases(df)]
+    if tags is not None:
+        out += [(c, "centre") for c in _case_order(df)
+                if any(t in tags.get(c, "").split(",") for t in CENTRE_TAGS) and c not in dict(out)]
+    if not out:
+        t = _metric(df, "tokens_per_s")
+        if len(t):
+            out = [(t.groupby("case")["backend"].nunique().sort_values(ascending=False).index[0], "most measured")]
+    return out
+
+
+def findings(df, baseline: str = "torch", **opts: Any) -> List[str]:
+    """Headline bullets of the throughput rows (see the module docstring); [] without successful timings."""
+    if "suite" in df.columns:
+        df = df[df["suite"] == "throughput"]
+    if len(_metric(df, "tokens_per_s")) == 0:
+        return []
+    base, _ = _baseline(df, baseline)
+    dtypes = df["dtype"].dropna().nunique()
+    out: List[str] = []
+    for case, kind in _headline_cases(df)[:6]:
+        parts = []
+        for mode, _label in MODES:
+            rank = _ranking(df, case, mode)
+            if len(rank) >= 2:
+                parts.append(f"{mode} **{rank[0][0]}** {_ms(rank[0][1])} ms, {_margin(rank)}")
+            elif rank:
+                parts.append(f"{mode} {rank[0][0]} {_ms(rank[0][1])} ms (the only backend)")
+        if not parts:
+            continue
+        target = H_ANCHORS if kind == "anchor" else (_h_speedup(base) if base else H_TOKENS)
+        tags = df[df["case"] == case]["tags"].dropna().astype(str) if "tags" in df.columns else []
+        tag = f" ({tags.iloc[0]})" if len(tags) and kind == "anchor" else (" (centre)" if kind == "centre" else "")
+        out.append(f"- {link(_shape_label(df, case, dtypes), target)}{tag}: " + "; ".join(parts) + ".")
+    wins = []
+    for mode, _label in MODES:
+        ranks = [_ranking(df, c, mode) for c in _case_order(df)]
+        ranks = [r for r in ranks if len(r) >= 2]
+        if not ranks:
+            continue
+        count: Dict[str, int] = {}
+        for r in ranks:
+            count[r[0][0]] = count.get(r[0][0], 0) + 1
+        order = sorted(count.items(), key=lambda kv: -kv[1])
+        wins.append(f"{mode}: " + ", ".join(f"**{b}** {k}" for b, k in order[:1]) +
+                    "".join(f", {b} {k}" for b, k in order[1:]) + f" of {len(ranks)} shapes")
+    if wins:
+        out.append(f"- Fastest backend over all {link('shapes', H_TOKENS)} (with two or more backends): "
+                   + "; ".join(wins) + ".")
+    out += _efficiency_findings(df)
+    return out
+
+
+def _efficiency_findings(df) -> List[str]:
+    eff = df[df["metric"].isin(EFF_METRICS) & (df["status"] == "ok") & df["value"].notna()]
+    if not len(eff):
+        return []
+    bad = _defects(eff)
+    good = eff[~bad]
+    out = []
+    if len(good):
+        dtypes = df["dtype"].dropna().nunique()
+        meds = [f"{m} {good[good['metric'] == m]['value'].astype(float).median():.2f}" for m in EFF_METRICS
+                if (good["metric"] == m).any()]
+        g = good[good["metric"] == "eff_gemm"] if (good["metric"] == "eff_gemm").any() else good
+        top = g.loc[g["value"].astype(float).idxmax()]
+        line = (f"- {link('Efficiency', H_EFFICIENCY)} (fraction of the measured GEMM ceilings): median "
+                + ", ".join(meds) + f"; best {top['metric']} {float(top['value']):.2f} ({top['backend']}, "
+                f"{_shape_label(df, top['case'], dtypes)}, {top.get('mode', '')})")
+        above = int((good["value"].astype(float) > 1).sum())
+        if above:
+            line += (f"; {above} value(s) above 1 carry no defect flag"
+                     + ("" if DEFECT_COL in df.columns else f" (this run records no `{DEFECT_COL}`)"))
+        out.append(line + ".")
+    if bad.any():
+        d = eff[bad]
+        dtypes = df["dtype"].dropna().nunique()
+        shown = [f"{r['backend']} {_shape_label(df, r['case'], dtypes)} {r.get('mode', '')} {r['metric']} "
+                 f"{_eff_text(float(r['value']), _defect_of(r))}" for _, r in d.head(4).iterrows()]
+        more = f", and {len(d) - 4} more" if len(d) > 4 else ""
+        out.append(f"- ⚠ **{len(d)} efficiency defect(s)**: the measured ceiling was beaten (a measurement defect, "
+                   f"not an efficiency; see {link('the list', H_DEFECTS)}): " + "; ".join(shown) + more + ".")
+    return out
