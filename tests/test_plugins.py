@@ -163,8 +163,8 @@ def test_cell_definitions_give_the_counts_the_suites_use():
 @pytest.mark.slow
 def test_the_test_cell_runs_through_every_suite_smoke_on_numpy(tmp_path):
     out = str(tmp_path / "run")
-    r = _rnnbench(["run", "--preset", "smoke", "--backend", "numpy", "--out", out, "--no-progress"],
-                  _env(RNNBENCH_PLUGINS="tests.plugins.linear_cell"))
+    r = _rnnbench(["run", "--preset", "smoke", "--backend", "numpy", "--out", out, "--no-progress",
+                   "--processes", "1"], _env(RNNBENCH_PLUGINS="tests.plugins.linear_cell"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = _rows(out)
     mine = [x for x in rows if x.get("cell") == "linear_rnn"]
@@ -201,7 +201,8 @@ def test_a_foreign_backend_gets_what_the_builtins_get(tmp_path):
                        timeout=300)
     assert r.returncode == 0 and any(line.startswith(name) and " yes " in line for line in r.stdout.splitlines()), r.stdout
     out = str(tmp_path / "run")
-    r = _rnnbench(["run", "--preset", "smoke", "--backend", name, "--out", out, "--no-progress"], env)
+    r = _rnnbench(["run", "--preset", "smoke", "--backend", name, "--out", out, "--no-progress", "--processes", "1"],
+                  env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [x for x in _rows(out) if x["backend"] == name]
     ok = [x for x in rows if x["status"] == "ok"]

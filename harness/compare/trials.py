@@ -76,8 +76,8 @@ def _flags(p: Dict[str, Any], threshold: float, alpha: float) -> List[Dict[str, 
 
 def summarise(aa: List[Dict[str, Any]], inj: List[Dict[str, Any]], runs: List[Dict[str, Any]],
               factor: float) -> str:
-    walls = [r["wall_s"] for r in runs]
-    loads = [r["load1"] for r in runs]
+    walls = [r["wall_s"] for r in runs if r["wall_s"] == r["wall_s"]] or [float("nan")]
+    loads = [r["load1"] for r in runs if r["load1"] == r["load1"]] or [float("nan")]
     lines = [f"compare trials: {len(runs)} separately made `rnnbench run throughput --preset smoke` runs "
              f"(default settings), A/A pairs {len(aa)}, injected {factor:g}x NumPy LSTM pairs {len(inj)}",
              f"run wall time {min(walls):.0f}..{max(walls):.0f} s (mean {sum(walls) / len(walls):.0f} s); load average "
@@ -122,7 +122,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--max-minutes", type=float, default=90.0, help="stop starting runs after this long")
     p.add_argument("--out", default="results/compare_trials.json", help="JSON of every pair (default: %(default)s)")
     p.add_argument("--markdown", help="also write the summary here")
+    p.add_argument("--rejudge", metavar="RUNS_DIR",
+                   help="make no runs: judge the runs kept by an earlier --runs-dir again with the current compare "
+                        "(A00, S00, A01, ...: the same pairs)")
     a = p.parse_args(argv)
+    if a.rejudge:
+        return _rejudge(a)
     if a.pairs < 1 or not a.factor > 1.0:
         p.error("--pairs must be >= 1 and --factor > 1")
     repo = os.path.abspath(a.repo)
@@ -175,6 +180,40 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(a.markdown, "w", encoding="utf-8") as f:
             f.write("```\n" + text + "\n```\n")
     return 0 if runs else 2
+
+
+def _rejudge(a) -> int:
+    """The pairs of a kept runs directory, judged again (the runs are the measurement; the verdict is code)."""
+    d = os.path.abspath(a.rejudge)
+    names = sorted(n for n in os.listdir(d) if n[:1] in "AS" and n[1:].isdigit())
+    runs = []
+    for n in names:
+        meta_path = os.path.join(d, n, "meta.json")
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            continue
+        t0, t1 = meta.get("start_time"), meta.get("end_time")
+        wall = float("nan")
+        if t0 and t1:
+            from datetime import datetime
+            wall = (datetime.fromisoformat(t1) - datetime.fromisoformat(t0)).total_seconds()
+        runs.append({"dir": os.path.join(d, n), "rc": 0, "wall_s": wall, "load1": float("nan")})
+    have = {os.path.basename(r["dir"]) for r in runs}
+    aa = [judge(os.path.join(d, f"A{i:02d}"), os.path.join(d, f"A{i + 1:02d}"))
+          for i in range(100) if f"A{i:02d}" in have and f"A{i + 1:02d}" in have]
+    inj = [judge(os.path.join(d, f"A{i:02d}"), os.path.join(d, f"S{i:02d}"))
+           for i in range(100) if f"A{i:02d}" in have and f"S{i:02d}" in have]
+    text = summarise(aa, inj, runs, a.factor)
+    print(text)
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            json.dump({"factor": a.factor, "rejudged": d, "aa": aa, "injected": inj, "summary": text}, f)
+    if a.markdown:
+        with open(a.markdown, "w", encoding="utf-8") as f:
+            f.write("```\n" + text + "\n```\n")
+    return 0
 
 
 if __name__ == "__main__":

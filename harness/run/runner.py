@@ -18,7 +18,9 @@
 Processes: a suite that times things declares ``processes`` (a number, or a dict preset -> number); each of
 its cases then runs in that many independent worker processes, one per *round*: round 0 runs every case once,
 round 1 runs them all again in fresh workers, and so on (asv's ``--interleave-processes``), so that the
-variation between processes, and slow drifts of the machine, show up as a spread ``compare`` can judge.
+variation between processes, and slow drifts of the machine, show up as a spread ``compare`` can judge. Round
+``k`` starts at the k-th case of each family (a rotation), so the first case of a fresh worker is a different one
+in every round.
 ``--processes N`` overrides every suite. Round ``k > 0`` of a case has its own done-marker
 (``case_key#pK``) and rows with ``process`` and ``processes`` in ``extra``; :func:`harness.measure.records.load`
 merges the processes of a measurement back into one row.
@@ -638,6 +640,12 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
             info = probes[(t[0].backend, t[0].device)]
             groups.setdefault((t[4], t[5], info.family or t[0].backend), []).append(t)
         for (k, n_proc, family), items in groups.items():
+            # Round k starts at the k-th case of the family: whatever a fresh worker does to its first case
+            # (threads spinning up, caches, a GEMM ceiling just measured) lands on a different case in each
+            # round, so the median over a case's processes leaves it out.
+            if k and items:
+                r = k % len(items)
+                items = items[r:] + items[:r]
             ctx = RunContext(seed=seed, threads=threads, budget_s=budget, preset=preset,
                              run_dir=os.path.abspath(out), process=k, processes=n_proc)
             for c, module, attr, su, _, _ in items:

@@ -281,11 +281,10 @@ class ThroughputSuite(Suite):
             return
         yield case.row("equiv_error", err, "rel", **common, **check)
 
-        # 2. GEMM ceilings of this framework (measured once per process and shape)
-        ceil = yield from self._ceilings(case, backend, dtype, budget, common)
-
-        # 3. timing, one mode at a time
+        # 2. timing, one mode at a time (before the ceilings: their large multi-threaded GEMMs would leave a
+        #    fresh worker's threads in another state than the case itself does)
         low = data.cast(dtype)
+        timed = []
         for mode in modes:
             try:
                 if mode == "fwd":
@@ -297,7 +296,13 @@ class ThroughputSuite(Suite):
                 reason = _skip_reason(case, e, mode)
                 yield case.row(f"{mode}_ms", None, "ms", status="skipped", reason=reason, mode=mode, **common)
                 return
-            yield from self._timing_rows(case, spec, mode, m, ceil, common)
+            yield from self._timing_rows(case, spec, mode, m, common)
+            timed.append((mode, m))
+
+        # 3. GEMM ceilings of this framework (measured once per process and shape), then the efficiencies
+        ceil = yield from self._ceilings(case, backend, dtype, budget, common)
+        for mode, m in timed:
+            yield from self._eff_rows(case, spec, mode, m, ceil, common)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _ceilings(self, case: Case, backend, dtype: str, budget: float, common: dict):
@@ -329,7 +334,7 @@ class ThroughputSuite(Suite):
                                candidates={k: v for k, v in c.candidates}, **common)
         return out
 
-    def _timing_rows(self, case: Case, spec, mode: str, m, ceil: dict, common: dict) -> Iterator[dict]:
+    def _timing_rows(self, case: Case, spec, mode: str, m, common: dict) -> Iterator[dict]:
         B, T = case.batch, case.seq_len
         factor = 1.0 if mode == "fwd" else TRAIN_FLOP_FACTOR
         flops = spec.forward_flops(B, T) * factor
@@ -349,6 +354,16 @@ class ThroughputSuite(Suite):
         yield case.row("gflops", gflops, "GFLOP/s", **rate(flops, 1e-9), flops=flops, **kw)
         yield case.row("gflops_deepbench", db_flops / m.median / 1e9, "GFLOP/s", **rate(db_flops, 1e-9),
                        flops=db_flops, **kw)
+
+    def _eff_rows(self, case: Case, spec, mode: str, m, ceil: dict, common: dict) -> Iterator[dict]:
+        """eff_gemm and eff_recurrent of one timed mode against this process's ceilings (none: no rows)."""
+        flops = spec.forward_flops(case.batch, case.seq_len) * (1.0 if mode == "fwd" else TRAIN_FLOP_FACTOR)
+        s = np.asarray(m.samples, dtype=float)
+        kw = dict(mode=mode, **common)
+        gflops = flops / m.median / 1e9
+
+        def rate(num, scale=1.0):
+            return dict(samples=num / s * scale, q25=num / m.q75 * scale, q75=num / m.q25 * scale, n=m.n)
         if "gemm_square" in ceil:
             sq = ceil["gemm_square"]
             yield case.row("eff_gemm", gflops / sq.gflops, "ratio", **rate(flops, 1e-9 / sq.gflops),
