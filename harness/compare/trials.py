@@ -3,7 +3,8 @@
 ``python -m harness.compare.trials [--pairs 20] [--factor 1.25] [--out FILE] [--markdown FILE]``
 
 1. Makes throwaway checkouts of the repository's committed HEAD (:func:`harness.measure.inject.make_trees`):
-   ``base``, and ``slow-F`` whose NumPy LSTM recurrence does F× the work.
+   ``base``, and ``slow-F`` whose NumPy LSTM recurrence takes F× as long (the ``time`` patch: the extra time is
+   spun on the CPU right after the real recurrence, so F holds in a 2-thread run too).
 2. Makes runs one after the other, alternating ``A0, S0, A1, S1, …, A<pairs>``: every ``A`` run is
    ``rnnbench run throughput --preset smoke`` with the defaults in the ``base`` checkout, every ``S`` run the
    same in the slowed checkout. Each run is a fresh ``rnnbench run`` command, so the pairs are as separate as
@@ -150,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         key = f"slow-{a.factor:g}"
-        trees = make_trees(repo, tmp, [a.factor])
+        trees = make_trees(repo, tmp, [a.factor], mode="time")
         prev_a: Optional[str] = None
         for i in range(a.pairs + 1):
             if time.monotonic() - t_start > 60 * a.max_minutes:

@@ -26,6 +26,29 @@ def _forward_steps(spec, w_hh_t, b_hh, acts, h, c, tanh_c, hn):
                                        tanh_c[:n].copy(), None)
     return _gate_trials_forward_steps(spec, w_hh_t, b_hh, acts, h, c, tanh_c, hn)
 '''
+#: ``time`` mode: the LSTM recurrence takes exactly ``factor`` times as long. The extra time is spent spinning on
+#: the CPU right after the real recurrence (as work would be), so the factor holds whatever the recurrence's own
+#: cost structure is. The ``work`` mode's extra steps cost more than their share when BLAS runs 2 threads (they
+#: add thread hand-offs): on the 2-vCPU VM the 1.25x ``work`` patch measured 1.24x in the gate (1 thread) but
+#: 1.3-1.9x in a default 2-thread run.
+PATCH_TIME = '''
+
+# --- injected (throwaway commit): the LSTM recurrence takes {factor}x as long (extra time spun on the CPU) ---
+import time as _inject_time
+_inject_forward_steps = _forward_steps
+
+
+def _forward_steps(spec, w_hh_t, b_hh, acts, h, c, tanh_c, hn):
+    if spec.cell != "lstm":
+        return _inject_forward_steps(spec, w_hh_t, b_hh, acts, h, c, tanh_c, hn)
+    t0 = _inject_time.perf_counter()
+    out = _inject_forward_steps(spec, w_hh_t, b_hh, acts, h, c, tanh_c, hn)
+    until = t0 + {factor} * (_inject_time.perf_counter() - t0)
+    while _inject_time.perf_counter() < until:
+        pass
+    return out
+'''
+PATCHES = {"work": PATCH, "time": PATCH_TIME}
 TARGET = os.path.join("implementations", "numpy", "rnn.py")
 
 
@@ -38,8 +61,10 @@ def _git(repo: str, *args: str) -> str:
     return r.stdout.strip()
 
 
-def make_trees(repo: str, tmp: str, factors: List[float]) -> Dict[str, str]:
-    """{"base": dir, "aa": dir, "slow-<f>": dir ...}: a clone of HEAD, a second checkout, throwaway commits."""
+def make_trees(repo: str, tmp: str, factors: List[float], mode: str = "work") -> Dict[str, str]:
+    """{"base": dir, "aa": dir, "slow-<f>": dir ...}: a clone of HEAD, a second checkout, throwaway commits
+    (``mode``: ``work``, the recurrence repeats (f − 1)·T of its steps; ``time``, it takes f× as long)."""
+    patch = PATCHES[mode]
     clone = os.path.join(tmp, "base")
     _git(repo, "clone", "--quiet", "--shared", "--no-checkout", repo, clone)
     head = _git(repo, "rev-parse", "HEAD")
@@ -55,7 +80,7 @@ def make_trees(repo: str, tmp: str, factors: List[float]) -> Dict[str, str]:
         _git(clone, "worktree", "add", "--detach", d, head)
         src = os.path.join(d, TARGET)
         with open(src, "a", encoding="utf-8") as fh:
-            fh.write(PATCH.format(factor=repr(float(f))))
-        _git(d, "commit", "--quiet", "-am", f"gate trials: LSTM recurrence does {f:g}x the work (throwaway)")
+            fh.write(patch.format(factor=repr(float(f))))
+        _git(d, "commit", "--quiet", "-am", f"trials: LSTM recurrence {f:g}x ({mode}; throwaway)")
         trees[f"slow-{f:g}"] = d
     return trees
