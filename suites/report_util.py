@@ -144,19 +144,20 @@ def readable_log_axes(ax: Any, which: str = "both", max_ticks: int = 8) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
-def sci(v: float) -> str:
-    """A tolerance or error in short scientific notation: 1e-05 -> ``1e-5``."""
+def _compact(v: float, fmt: str) -> str:
+    """``v`` formatted with ``fmt``, exponents without a plus sign or leading zeros (``e-05`` -> ``e-5``)."""
     try:
-        t = f"{float(v):.0e}"
+        t = format(float(v), fmt)
     except (TypeError, ValueError):
         return "-"
     return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), t)
+
+
+def sci(v: float) -> str:
+    """A tolerance or error in short scientific notation: 1e-05 -> ``1e-5``."""
+    return _compact(v, ".0e")
 
 
 def short(v: float) -> str:
     """An error in two significant digits, exponents without leading zeros: 6.3e-08 -> ``6.3e-8``."""
-    try:
-        t = f"{float(v):.2g}"
-    except (TypeError, ValueError):
-        return "-"
-    return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), t)
+    return _compact(v, ".2g")

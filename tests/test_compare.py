@@ -235,3 +235,35 @@ def test_gemm_ceilings_are_context_not_judged(tmp_path):
     new = make_run(tmp_path / "b", [timed("lstm-s", 1.0, 8), rows(100.0)])
     rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
     assert not rep.failed and rep.untested == 1 and all(r.label["metric"] != "ceiling_gflops" for r in rep.rows)
+
+
+def _family(path, slow_case_factor=1.0, process_speed=(1.0, 1.0, 1.0), seed=0):
+    """A run of one backend with 4 cases x 3 processes; process k runs every case process_speed[k] slower
+    (a slow worker or a slow spell of the machine); case 'c0' is slow_case_factor slower."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(4):
+        for k, f in enumerate(process_speed):
+            s = (1.0 + i) * f * (slow_case_factor if i == 0 else 1.0) * (1 + 0.01 * rng.standard_normal(30))
+            rows.append(make_row(_fields(f"c{i}"), "fwd_ms", float(np.median(s)), "ms", samples=s, mode="fwd",
+                                 process=k, processes=3))
+    return make_run(path, rows)
+
+
+def test_the_relative_test_cancels_slow_processes_and_catches_one_slow_case(tmp_path):
+    """Slow processes hit every case of the backend alike; relative to its siblings in the same processes a
+    case's 1.25x slowdown stands out, where the absolute test sees processes that disagree."""
+    base = _family(tmp_path / "a", process_speed=(1.0, 1.6, 1.0), seed=1)
+    new = _family(tmp_path / "b", slow_case_factor=1.25, process_speed=(1.0, 1.0, 1.7), seed=2)
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    by = {r.label["case"]: r for r in rep.rows}
+    assert by["c0"].verdict == "slower" and by["c0"].ratio_rel == pytest.approx(1.25, rel=0.03)
+    assert all(by[c].verdict == "same" for c in ("c1", "c2", "c3")), [(c, by[c].verdict) for c in by]
+
+
+def test_a_faster_sibling_alone_does_not_make_a_case_slower(tmp_path):
+    base = _family(tmp_path / "a", seed=3)
+    new = _family(tmp_path / "b", slow_case_factor=0.5, seed=4)  # c0 got 2x faster; c1..c3 unchanged
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    by = {r.label["case"]: r for r in rep.rows}
+    assert by["c0"].verdict == "faster" and not rep.failed

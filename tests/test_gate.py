@@ -193,7 +193,8 @@ def test_judge_checks_fail_when_head_passes_tolerance():
 
 
 def test_trials_count_a_failure_only_when_the_rerun_confirms():
-    from harness.gate.trials import PATCH, gate_fails
+    from harness.gate.trials import gate_fails
+    from harness.measure.inject import PATCH, PATCH_TIME
     st = lambda r, p: {"ratio": r, "p": p}  # noqa: E731
     t = {"pass1": {"lstm/fwd": st(1.3, 1e-4), "gru/fwd": st(1.2, 1e-3)},
          "pass2": {"lstm/fwd": st(1.28, 1e-4), "gru/fwd": st(1.01, 0.4)}}
@@ -202,6 +203,22 @@ def test_trials_count_a_failure_only_when_the_rerun_confirms():
     assert not gate_fails(t, 1.35, 0.01)              # below the threshold
     assert not gate_fails(t, 1.10, 1e-5)              # not significant enough
     assert "{factor}" in PATCH and "_forward_steps" in PATCH
+    assert "{factor}" in PATCH_TIME and "_forward_steps" in PATCH_TIME
+
+
+def test_the_time_patch_makes_the_recurrence_take_f_times_as_long(tmp_path):
+    """The injected 'time' slowdown: same result, f x the time of the recurrence (checked by counting, not timing:
+    the patched function spins until f x its own measured duration has passed)."""
+    import numpy as np
+    from harness.measure.inject import PATCH_TIME
+    calls = []
+    ns = {"_forward_steps": lambda *a: calls.append(1) or "out"}
+    exec(PATCH_TIME.format(factor=1.25), ns)
+    clock = iter([0.0, 4.0] + [4.5, 4.9, 5.0, 5.1])
+    ns["_inject_time"] = type("T", (), {"perf_counter": staticmethod(lambda: next(clock))})
+    spec = type("S", (), {"cell": "lstm"})()
+    assert ns["_forward_steps"](spec, *([None] * 7)) == "out" and calls == [1]
+    assert next(clock) == 5.1  # spun until t0 + 1.25 * 4.0 = 5.0: clock read at 4.5, 4.9, 5.0, then stopped
 
 
 def test_tree_modules_leave_out_an_environment_inside_the_tree(tmp_path, monkeypatch):

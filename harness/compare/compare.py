@@ -13,6 +13,12 @@ Inputs are two run directories (``rows.jsonl`` + ``meta.json``) or two asv resul
     normalised so that > 1 means *worse* (slower, or a lower rate); a hierarchical bootstrap 95 % CI
     (processes, then samples); a two-sided Welch t-test on the logs of the per-process medians. Verdict
     ``slower`` when ratio > threshold and p < alpha, ``faster`` when ratio < 1/threshold and p < alpha,
+    A second test cancels what a slow process or a slow spell of the machine does to every case of a backend:
+    each timing relative to its *control*, the median of the backend's other timings in the same processes
+    (:func:`controls`); ``rel`` = that relative ratio, with its own Welch p. Either test past the threshold at
+    p < alpha gives the verdict (the relative one only when the absolute ratio moved the same way: a faster
+    sibling alone must not make a case slower). A change common to every case of a backend cancels in the
+    relative test; the absolute one still sees it when it stands out against the spread between processes.
     ``inconclusive`` when the ratio is past the threshold but either side has fewer than
     :data:`~harness.measure.stats.MIN_PROCESSES` processes (an old run, or ``--processes 1``) or the
     processes disagree (p >= alpha), else ``same``. (asv files keep no samples unless run with
@@ -45,8 +51,8 @@ import numpy as np
 from harness.core.errors import InputError
 from harness.measure.records import IDENTITY_EXTRAS
 from harness.measure.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_PROCESSES,  # noqa: F401
-                                  bootstrap_median_ci, bootstrap_ratio_ci, mann_whitney_p, process_ratio_stats,
-                                  ratio_stats, signed_rank_p)
+                                  bootstrap_median_ci, bootstrap_ratio_ci, mann_whitney_p, process_log_medians,
+                                  process_ratio_stats, ratio_stats, relative_stats, signed_rank_p)
 
 DEFAULT_THRESHOLD = 1.10
 DEFAULT_ALPHA = 0.01
@@ -285,6 +291,8 @@ class Comparison:
     verdict: str = "same"
     why: str = ""
     procs: Tuple[int, int] = (0, 0)  # independent processes (base, new) of a timed comparison
+    ratio_rel: float = math.nan  # the ratio relative to the other cases of the backend in the same processes
+    p_rel: float = math.nan
 
     @property
     def failed(self) -> bool:
@@ -345,6 +353,36 @@ def judge_exact(metric: str, unit: str, base: float, new: float, dtype: Optional
     return ("worse" if worse else "better"), f"{base:.6g} -> {new:.6g} (tolerance {band:.3g})"
 
 
+def _timed_entry(e: Entry) -> bool:
+    m = str(e.label.get("metric"))
+    return (e.status == "ok" and e.samples is not None and m not in DERIVED and m not in CONTEXT
+            and (e.unit in TIME_UNITS or m.startswith("time_")) and exact_rule(m, e.unit) is None)
+
+
+def controls(side: ResultSet) -> Dict[Tuple, np.ndarray]:
+    """For each timing of a run: a per-process control, the median over the *other* timings of the same backend
+    and device of their per-process log medians (the same processes: round k of every case of a backend family
+    runs in one worker). A slow process or a slow spell of the machine moves a timing and its control alike, so
+    timing − control cancels it; a change of one case does not move its control (a median over its siblings).
+    Needs >= 2 siblings with the same number of processes (>= MIN_PROCESSES); others get no control."""
+    by: Dict[Tuple, List[Tuple[Tuple, np.ndarray]]] = {}
+    for k, e in side.entries.items():
+        if _timed_entry(e) and e.process_samples and len(e.process_samples) >= MIN_PROCESSES:
+            logs = process_log_medians(e.process_samples)
+            by.setdefault((e.label.get("suite"), e.label.get("backend"), e.label.get("device")), []).append((k, logs))
+    out: Dict[Tuple, np.ndarray] = {}
+    for items in by.values():
+        sizes = [len(v) for _, v in items]
+        size = max(set(sizes), key=sizes.count)
+        items = [(k, v) for k, v in items if len(v) == size]
+        if len(items) < 3:
+            continue
+        mat = np.stack([v for _, v in items])
+        for i, (k, _) in enumerate(items):
+            out[k] = np.nanmedian(np.delete(mat, i, axis=0), axis=0)
+    return out
+
+
 def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THRESHOLD,
                  alpha: float = DEFAULT_ALPHA) -> Report:
     """Match two result sets and judge every match. Raises UsageError when nothing can be compared."""
@@ -375,6 +413,7 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
         if timed and not any(e.samples is not None or e.ci99 is not None for e in timed):
             raise _usage(f"{side.source}: no raw samples in any of its {len(timed)} timing row(s); cannot test "
                          "for significance (was it written by an old version, or are all rows failures?)")
+    ctrl_b, ctrl_n = controls(base), controls(new)
     for k in common:
         b, n = base.entries[k], new.entries[k]
         metric = str(b.label["metric"])
@@ -411,6 +450,10 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
             c.procs = (st["procs_base"], st["procs_new"])
             procs_ok = min(c.procs) >= MIN_PROCESSES
             significant = procs_ok and c.p < alpha
+            if procs_ok and k in ctrl_b and k in ctrl_n and not hb:
+                rel = relative_stats(process_log_medians(b.groups()) - ctrl_b[k],
+                                     process_log_medians(n.groups()) - ctrl_n[k])
+                c.ratio_rel, c.p_rel = rel["ratio_rel"], rel["p_rel"]
             basis = (f"p={c.p:.2g} over {c.procs[0]}+{c.procs[1]} processes" if procs_ok else
                      f"{c.procs[0]}+{c.procs[1]} process(es): need >= {MIN_PROCESSES} per side to judge "
                      f"(rnnbench run --processes {MIN_PROCESSES})")
@@ -422,12 +465,17 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
         else:
             rep.untested += 1
             continue
+        # Relative to its siblings in the same processes: what a slow machine or process cannot fake. Counted when
+        # the case moved in absolute terms the same way (a faster sibling alone must not make a case "slower").
+        rel_sig = math.isfinite(c.p_rel) and c.p_rel < alpha
+        rel_why = (f"; relative to the backend's other cases in the same processes {c.ratio_rel:.3f}, "
+                   f"p={c.p_rel:.2g}") if math.isfinite(c.ratio_rel) else ""
         if not same_machine:
             c.verdict, c.why = "not comparable", "different machines"
-        elif significant and c.ratio > threshold:
-            c.verdict, c.why = "slower", f"ratio {c.ratio:.3f} > {threshold:g}, {basis}"
-        elif significant and c.ratio < 1.0 / threshold:
-            c.verdict, c.why = "faster", f"ratio {c.ratio:.3f} < {1 / threshold:.3f}, {basis}"
+        elif (significant and c.ratio > threshold) or (rel_sig and c.ratio_rel > threshold and c.ratio > 1.0):
+            c.verdict, c.why = "slower", f"ratio {c.ratio:.3f}, {basis}{rel_why} (threshold {threshold:g})"
+        elif (significant and c.ratio < 1.0 / threshold) or (rel_sig and c.ratio_rel < 1 / threshold and c.ratio < 1.0):
+            c.verdict, c.why = "faster", f"ratio {c.ratio:.3f}, {basis}{rel_why} (threshold {threshold:g})"
         elif c.ratio > threshold or c.ratio < 1.0 / threshold:
             c.verdict = "inconclusive"
             c.why = (f"ratio {c.ratio:.3f} past {threshold:g}, but " +
@@ -453,7 +501,7 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def _table(rep: Report) -> Tuple[List[str], List[List[str]]]:
-    head = ["suite", "case", "backend", "metric", "base", "new", "ratio", "95% CI", "p", "procs", "verdict"]
+    head = ["suite", "case", "backend", "metric", "base", "new", "ratio", "95% CI", "p", "rel", "procs", "verdict"]
     body = []
     for r in sorted(rep.rows, key=lambda r: (not r.failed, str(r.label.get("suite")), r.name(),
                                               str(r.label.get("metric")))):
@@ -462,6 +510,7 @@ def _table(rep: Report) -> Tuple[List[str], List[List[str]]]:
                      str(r.label.get("metric")), _fmt(r.base), _fmt(r.new),
                      f"{r.ratio:.3f}" if math.isfinite(r.ratio) else "-", ci,
                      f"{r.p:.2g}" if math.isfinite(r.p) else "-",
+                     f"{r.ratio_rel:.3f}" if math.isfinite(r.ratio_rel) else "-",
                      f"{r.procs[0]}/{r.procs[1]}" if r.kind == "timed" and any(r.procs) else "-", r.verdict])
     return head, body
 

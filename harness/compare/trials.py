@@ -63,6 +63,7 @@ def judge(base_dir: str, new_dir: str) -> Dict[str, Any]:
     """compare at the defaults, plus every timed comparison's (name, ratio, p, procs, in-target flags)."""
     rep = cmp.compare_sets(cmp.load_run(base_dir), cmp.load_run(new_dir))
     timed = [{"name": f"{c.label.get('backend')} {c.name()} {c.label.get('metric')}", "ratio": c.ratio, "p": c.p,
+              "ratio_rel": c.ratio_rel, "p_rel": c.p_rel,
               "procs": list(c.procs), "target": _is_target(c), "target_case": _in_target_case(c),
               "verdict": c.verdict} for c in rep.rows if c.kind == "timed"]
     failed = [r for r in rep.rows if r.failed]
@@ -72,7 +73,14 @@ def judge(base_dir: str, new_dir: str) -> Dict[str, Any]:
 
 
 def _flags(p: Dict[str, Any], threshold: float, alpha: float) -> List[Dict[str, Any]]:
-    return [t for t in p["timed"] if t["ratio"] > threshold and t["p"] < alpha and min(t["procs"]) >= cmp.MIN_PROCESSES]
+    """The comparisons that compare's rule flags slower at this threshold and alpha (absolute or relative test)."""
+    def slower(t):
+        if min(t["procs"]) < cmp.MIN_PROCESSES:
+            return False
+        rel = t.get("p_rel")
+        return (t["ratio"] > threshold and t["p"] < alpha) or \
+            (rel is not None and rel == rel and rel < alpha and t["ratio_rel"] > threshold and t["ratio"] > 1.0)
+    return [t for t in p["timed"] if slower(t)]
 
 
 def summarise(aa: List[Dict[str, Any]], inj: List[Dict[str, Any]], runs: List[Dict[str, Any]],

@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 #: A/A 0/20 false alarms (worst first-pass ratio 1.014), injected LSTM slowdown 1.25x caught 20/20 (measured
 #: 1.244 on lstm/fwd), 1.10x caught 20/20 (measured 1.111); every threshold 1.03-1.10 at alpha 0.001-0.05 gave
 #: the same. 1.05 leaves room for a noisier machine than the one measured; 1.15 would miss the 1.10x.
-DEFAULT_THRESHOLD = 1.05
+DEFAULT_THRESHOLD = 1.03
 DEFAULT_ALPHA = 0.01
 DEFAULT_ROUNDS = 16         # processes, each timing both trees; the unit of the signed-rank test
 DEFAULT_SAMPLES = 10        # timed pairs per case and mode in each process (their median log-ratio is used)

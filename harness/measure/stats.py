@@ -153,3 +153,27 @@ def process_ratio_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequ
     a = (1 - confidence) / 2
     out["ci_lo"], out["ci_hi"] = (float(x) for x in np.nanpercentile(r, [100 * a, 100 * (1 - a)]))
     return out
+
+
+def process_log_medians(groups: Sequence[Sequence[float]], higher_better: bool = False) -> np.ndarray:
+    """log of each process's median (reciprocals for rates), in process order; NaN for an empty process."""
+    out = []
+    for g in groups:
+        a = np.asarray(g, dtype=float)
+        a = a[np.isfinite(a) & (a > 0)]
+        out.append(math.log(float(np.median(1.0 / a if higher_better else a))) if len(a) else math.nan)
+    return np.asarray(out, dtype=float)
+
+
+def relative_stats(base_logs: np.ndarray, new_logs: np.ndarray) -> Dict[str, float]:
+    """Ratio and Welch p of per-process log values that are already relative to a control measured in the same
+    processes (see :func:`harness.compare.compare.controls`): ``ratio_rel`` = exp(median new − median base)."""
+    from scipy.stats import ttest_ind
+    b = base_logs[np.isfinite(base_logs)]
+    n = new_logs[np.isfinite(new_logs)]
+    if len(b) < 2 or len(n) < 2:
+        return {"ratio_rel": math.nan, "p_rel": math.nan}
+    ratio = math.exp(float(np.median(n) - np.median(b)))
+    if np.ptp(b) == 0 and np.ptp(n) == 0:
+        return {"ratio_rel": ratio, "p_rel": 1.0 if np.median(n) == np.median(b) else 0.0}
+    return {"ratio_rel": ratio, "p_rel": float(ttest_ind(n, b, equal_var=False).pvalue)}
