@@ -43,10 +43,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-#: Defaults, from the trials (``python -m harness.gate.trials``) on the 2-core machine, 10 processes x 8 pairs:
-#: A/A 0/20 false alarms (worst first-pass ratio 1.014), injected LSTM slowdown 1.25x caught 20/20 (measured
-#: 1.244 on lstm/fwd), 1.10x caught 20/20 (measured 1.111); every threshold 1.03-1.10 at alpha 0.001-0.05 gave
-#: the same. 1.05 leaves room for a noisier machine than the one measured; 1.15 would miss the 1.10x.
+#: Defaults, from the trials (``python -m harness.gate.trials``) on the 2-core machine, 16 processes x 10 pairs:
+#: A/A 0/20 false alarms (first-pass ratios 0.990-1.010), an injected NumPy-LSTM slowdown of 1.05x caught 20/20
+#: (measured 1.066 [1.064..1.075] on lstm/fwd), mean trial 20 s; every threshold 1.02-1.05 at alpha 0.001-0.05 gave
+#: the same, 1.10 caught none. 1.03 sits halfway between the worst A/A ratio and the smallest 1.05x one.
 DEFAULT_THRESHOLD = 1.03
 DEFAULT_ALPHA = 0.01
 DEFAULT_ROUNDS = 16         # processes, each timing both trees; the unit of the signed-rank test

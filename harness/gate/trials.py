@@ -98,7 +98,7 @@ def summarise(trials: List[Dict[str, Any]], cfg: gate.GateConfig) -> str:
                 f = sum(gate_fails(t, th, a, o) for t in ts)
                 cells.append(f"{f}/{len(ts)} {100 * f / len(ts):5.1f}%")
             mark = "  <- default" if (th, a) == (cfg.threshold, cfg.alpha) else ""
-            lines.append(f"{th:>9.2f}  {a:<6g}  " + "  ".join(f"{c:>22}" for c in cells) + mark)
+            lines.append(f"{th:>9.3f}  {a:<6g}  " + "  ".join(f"{c:>22}" for c in cells) + mark)
     lines += ["", "median ratio of each (case, mode) in the first pass, per kind:"]
     keys = sorted({k for t in trials for k in t["pass1"]})
     for key in keys:
