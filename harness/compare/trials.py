@@ -131,6 +131,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--max-minutes", type=float, default=90.0, help="stop starting runs after this long")
     p.add_argument("--out", default="results/compare_trials.json", help="JSON of every pair (default: %(default)s)")
     p.add_argument("--markdown", help="also write the summary here")
+    p.add_argument("--processes", type=int, default=None,
+                   help="pass --processes N to every run (default: the runs' own default; for measuring a change "
+                        "of that default before making it)")
     p.add_argument("--rejudge", metavar="RUNS_DIR",
                    help="make no runs: judge the runs kept by an earlier --runs-dir again with the current compare "
                         "(A00, S00, A01, ...: the same pairs)")
@@ -165,14 +168,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             if time.monotonic() - t_start > 60 * a.max_minutes:
                 print(f"compare trials: --max-minutes {a.max_minutes:g} reached; stopping", flush=True)
                 break
-            ra = make_run(trees["base"], os.path.join(runs_dir, f"A{i:02d}"))
+            extra = ("--processes", str(a.processes)) if a.processes else ()
+            ra = make_run(trees["base"], os.path.join(runs_dir, f"A{i:02d}"), extra)
             runs.append(ra)
             if prev_a is not None and ra["rc"] in (0, 1):
                 aa.append(judge(prev_a, ra["dir"]))
                 print(f"A/A pair {len(aa):2d}: exit {aa[-1]['exit']}  {aa[-1]['summary'][:150]}", flush=True)
             prev_a = ra["dir"] if ra["rc"] in (0, 1) else None
             if i < a.pairs and prev_a is not None:
-                rs = make_run(trees[key], os.path.join(runs_dir, f"S{i:02d}"))
+                rs = make_run(trees[key], os.path.join(runs_dir, f"S{i:02d}"), extra)
                 runs.append(rs)
                 if rs["rc"] in (0, 1):
                     inj.append(judge(ra["dir"], rs["dir"]))
