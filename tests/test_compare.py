@@ -267,3 +267,13 @@ def test_a_faster_sibling_alone_does_not_make_a_case_slower(tmp_path):
     rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
     by = {r.label["case"]: r for r in rep.rows}
     assert by["c0"].verdict == "faster" and not rep.failed
+
+
+def test_a_flag_of_any_process_survives_the_merge(tmp_path):
+    """A key only process 2 wrote (e.g. ceiling_defect) is in the merged row; the first process's values win."""
+    from harness.measure import records
+    rows = [make_row(_fields("c"), "eff_gemm", v, "ratio", process=k, processes=3, note=f"p{k}",
+                     **({"ceiling_defect": "beaten"} if k == 2 else {})) for k, v in enumerate((0.8, 0.9, 1.3))]
+    df = records.load(make_run(tmp_path / "a", [rows]))
+    assert len(df) == 1 and df.ceiling_defect.iloc[0] == "beaten" and df.note.iloc[0] == "p0"
+    assert df.value.iloc[0] == pytest.approx(0.9)

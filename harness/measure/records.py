@@ -214,6 +214,9 @@ def _merge_group(parts: List[dict]) -> dict:
     parts = sorted(parts, key=lambda r: int((r.get("extra") or {}).get("process", 0)))
     out = dict(parts[0])
     extra = dict(out.get("extra") or {})
+    for p in parts[1:]:  # a key only a later process has (a defect flag, a note) is kept, the first's values win
+        for k, v in (p.get("extra") or {}).items():
+            extra.setdefault(k, v)
     extra.pop("process", None)
     extra["processes"] = len(parts)
     out["case_key"] = base_case_key(out.get("case_key"))
