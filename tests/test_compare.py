@@ -277,3 +277,21 @@ def test_a_flag_of_any_process_survives_the_merge(tmp_path):
     df = records.load(make_run(tmp_path / "a", [rows]))
     assert len(df) == 1 and df.ceiling_defect.iloc[0] == "beaten" and df.note.iloc[0] == "p0"
     assert df.value.iloc[0] == pytest.approx(0.9)
+
+
+def test_a_run_that_shared_the_machine_gets_a_note(tmp_path):
+    """load1 beyond the run's own threads is recorded per row; compare says when a side ran under foreign load."""
+    quiet = [dict(r, extra={**r["extra"], "load1": 2.1, "threads": 2}) for r in timed("lstm-s", 1.0, 1)]
+    busy = [dict(r, extra={**r["extra"], "load1": 3.9, "threads": 2}) for r in timed("lstm-s", 1.0, 2)]
+    rep = compare.compare_sets(compare.load_any(make_run(tmp_path / "a", [quiet])),
+                               compare.load_any(make_run(tmp_path / "b", [busy])))
+    notes = " ".join(rep.notes)
+    assert "NEW ran while other work loaded the machine" in notes and "BASE ran" not in notes
+
+
+def test_welch_on_logs_edge_cases():
+    from harness.measure.stats import welch_logs_p
+    same, other = np.zeros(3), np.ones(3)
+    assert welch_logs_p(same, same) == 1.0 and welch_logs_p(same, other) == 0.0  # no spread on either side
+    assert np.isnan(welch_logs_p(np.zeros(1), other))
+    assert welch_logs_p(np.array([0.0, 0.01, -0.01]), np.array([0.2, 0.21, 0.19])) < 0.01

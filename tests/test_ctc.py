@@ -456,6 +456,10 @@ def test_suite_numpy_rows_and_report_section(tmp_path):
     assert byname["ref_vs_brute_rel"] <= 1e-12 and byname["gamma_sum_dev"] <= 1e-12
     assert byname["padded_grad_max"] == 0 and byname["loss_grad_ms"] > 0
     assert df[df["metric"] == "loss_rel_err"]["within_tol"].all()
+    # float32 rows carry the error per nat of likelihood; the timing row says whether its check passed
+    per_nll = df[df["metric"] == "grad_err_per_nll"]
+    assert len(per_nll) and (per_nll["dtype"] == "float32").all() and (per_nll["value"] < 1e-6).all()
+    assert bool(df[df["metric"] == "loss_grad_ms"]["within_tol"].iloc[0])
     md = section(df, str(tmp_path))
     assert "## CTC" in md and "ref_vs_brute_rel" in md and (tmp_path / "ctc_timing.png").exists()
 

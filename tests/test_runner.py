@@ -296,6 +296,11 @@ def test_processes_run_in_rounds_merge_on_load_and_resume_per_process(tmp_path, 
     # rounds: the pid of round k is the same for both cases of round k and differs between rounds
     pids = {(r["case"], r["extra"]["process"]): r["extra"]["worker_pid"] for r in raw if r["metric"] == "b_ms"}
     assert pids[("0-ok", 0)] == pids[("1-ok", 0)] and len({pids[("0-ok", k)] for k in range(3)}) == 3
+    # rotation: round 0 starts with case 0, round 1 with case 1 (a fresh worker's first case moves each round)
+    first = {}
+    for r in raw:
+        first.setdefault(r["extra"]["process"], r["case"])
+    assert first[0] == "0-ok" and first[1] == "1-ok" and first[2] == "0-ok"
     df = records.load(out)
     a = df[df.metric == "a_ms"]
     assert len(a) == 2 and set(a.processes) == {3} and all(len(g) == 3 for g in a.process_samples)

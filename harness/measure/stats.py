@@ -98,14 +98,25 @@ def bootstrap_median_ci(values: Sequence[float], confidence: float = 0.95, resam
 MIN_PROCESSES = 3
 
 
+def _usable(g: Sequence[float], higher_better: bool) -> np.ndarray:
+    """A process's finite, positive samples (reciprocals for rates: time per unit of work)."""
+    a = np.asarray(g, dtype=float)
+    a = a[np.isfinite(a) & (a > 0)]
+    return 1.0 / a if higher_better else a
+
+
 def _process_medians(groups: Sequence[Sequence[float]], higher_better: bool) -> List[np.ndarray]:
-    out = []
-    for g in groups:
-        a = np.asarray(g, dtype=float)
-        a = a[np.isfinite(a) & (a > 0)]
-        if len(a):
-            out.append(1.0 / a if higher_better else a)
-    return out
+    return [a for a in (_usable(g, higher_better) for g in groups) if len(a)]
+
+
+def welch_logs_p(base_logs: np.ndarray, new_logs: np.ndarray) -> float:
+    """Two-sided Welch t-test p of two sets of log values (0 or 1 when neither side varies; NaN below 2 each)."""
+    from scipy.stats import ttest_ind
+    if len(base_logs) < 2 or len(new_logs) < 2:
+        return math.nan
+    if np.ptp(base_logs) == 0 and np.ptp(new_logs) == 0:
+        return 1.0 if base_logs.mean() == new_logs.mean() else 0.0
+    return float(ttest_ind(new_logs, base_logs, equal_var=False).pvalue)
 
 
 def process_ratio_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequence[Sequence[float]],
@@ -123,7 +134,6 @@ def process_ratio_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequ
     - ``spread``: pooled standard deviation of the log per-process medians (the noise the test sees);
     - ``procs_base``/``procs_new``: processes on each side. With fewer than 2 on a side ``p`` is NaN.
     """
-    from scipy.stats import ttest_ind
     b = _process_medians(base_groups, higher_better)
     n = _process_medians(new_groups, higher_better)
     out = {"ratio": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "p": math.nan, "spread": math.nan,
@@ -137,10 +147,7 @@ def process_ratio_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequ
     if len(b) >= 2 and len(n) >= 2:
         ss = ((lb - lb.mean()) ** 2).sum() + ((ln - ln.mean()) ** 2).sum()
         out["spread"] = float(math.sqrt(ss / (len(b) + len(n) - 2)))
-        if ss == 0.0:
-            out["p"] = 1.0 if lb.mean() == ln.mean() else 0.0
-        else:
-            out["p"] = float(ttest_ind(ln, lb, equal_var=False).pvalue)
+    out["p"] = welch_logs_p(lb, ln)
     rng = np.random.default_rng(seed)
 
     def boot(groups):  # (resamples,) medians of per-process medians, both levels resampled
@@ -157,23 +164,15 @@ def process_ratio_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequ
 
 def process_log_medians(groups: Sequence[Sequence[float]], higher_better: bool = False) -> np.ndarray:
     """log of each process's median (reciprocals for rates), in process order; NaN for an empty process."""
-    out = []
-    for g in groups:
-        a = np.asarray(g, dtype=float)
-        a = a[np.isfinite(a) & (a > 0)]
-        out.append(math.log(float(np.median(1.0 / a if higher_better else a))) if len(a) else math.nan)
-    return np.asarray(out, dtype=float)
+    meds = [_usable(g, higher_better) for g in groups]
+    return np.asarray([math.log(float(np.median(a))) if len(a) else math.nan for a in meds], dtype=float)
 
 
 def relative_stats(base_logs: np.ndarray, new_logs: np.ndarray) -> Dict[str, float]:
     """Ratio and Welch p of per-process log values that are already relative to a control measured in the same
     processes (see :func:`harness.compare.compare.controls`): ``ratio_rel`` = exp(median new − median base)."""
-    from scipy.stats import ttest_ind
     b = base_logs[np.isfinite(base_logs)]
     n = new_logs[np.isfinite(new_logs)]
     if len(b) < 2 or len(n) < 2:
         return {"ratio_rel": math.nan, "p_rel": math.nan}
-    ratio = math.exp(float(np.median(n) - np.median(b)))
-    if np.ptp(b) == 0 and np.ptp(n) == 0:
-        return {"ratio_rel": ratio, "p_rel": 1.0 if np.median(n) == np.median(b) else 0.0}
-    return {"ratio_rel": ratio, "p_rel": float(ttest_ind(n, b, equal_var=False).pvalue)}
+    return {"ratio_rel": math.exp(float(np.median(n) - np.median(b))), "p_rel": welch_logs_p(b, n)}
