@@ -237,31 +237,56 @@ def test_gemm_ceilings_are_context_not_judged(tmp_path):
     assert not rep.failed and rep.untested == 1 and all(r.label["metric"] != "ceiling_gflops" for r in rep.rows)
 
 
-def _family(path, slow_case_factor=1.0, process_speed=(1.0, 1.0, 1.0), seed=0):
-    """A run of one backend with 4 cases x 3 processes; process k runs every case process_speed[k] slower
-    (a slow worker or a slow spell of the machine); case 'c0' is slow_case_factor slower."""
+def _family(path, slow_case_factor=1.0, process_speed=(1.0, 1.0, 1.0), seed=0, control="ctl/v1"):
+    """A CPU run of one backend with 4 cases x 3 processes, each timing with its per-control twin; process k runs
+    process_speed[k] slower (a slow worker or a slow spell of the machine: the control workload timed next to
+    every sample is slowed alike); case 'c0' is slow_case_factor slower."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(4):
         for k, f in enumerate(process_speed):
             s = (1.0 + i) * f * (slow_case_factor if i == 0 else 1.0) * (1 + 0.01 * rng.standard_normal(30))
+            ctl = 0.1 * f * (1 + 0.01 * rng.standard_normal(30))
             rows.append(make_row(_fields(f"c{i}"), "fwd_ms", float(np.median(s)), "ms", samples=s, mode="fwd",
                                  process=k, processes=3))
+            rows.append(make_row(_fields(f"c{i}"), "fwd_ms_per_control", float(np.median(s / ctl)), "ratio",
+                                 samples=s / ctl, mode="fwd", process=k, processes=3, control=control))
     return make_run(path, rows)
 
 
-def test_the_relative_test_cancels_slow_processes_and_catches_one_slow_case(tmp_path):
-    """Slow processes hit every case of the backend alike; relative to its siblings in the same processes a
-    case's 1.25x slowdown stands out, where the absolute test sees processes that disagree."""
+def test_timings_are_judged_per_control_which_cancels_slow_processes(tmp_path):
+    """Slow processes (and a slow spell) hit a timing and the control beside it alike: per control, a case's
+    1.25x slowdown stands out where the raw times' processes disagree, and nothing else moves."""
     base = _family(tmp_path / "a", process_speed=(1.0, 1.6, 1.0), seed=1)
     new = _family(tmp_path / "b", slow_case_factor=1.25, process_speed=(1.0, 1.0, 1.7), seed=2)
     rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
     by = {r.label["case"]: r for r in rep.rows}
+    assert set(by) == {"c0", "c1", "c2", "c3"} and rep.untested == 4  # the twins are judged with their timing
     assert by["c0"].verdict == "slower" and by["c0"].ratio_rel == pytest.approx(1.25, rel=0.03)
+    assert "per control 1.2" in by["c0"].why
     assert all(by[c].verdict == "same" for c in ("c1", "c2", "c3")), [(c, by[c].verdict) for c in by]
 
 
-def test_a_faster_sibling_alone_does_not_make_a_case_slower(tmp_path):
+def test_a_whole_run_on_a_slower_machine_is_not_a_regression(tmp_path):
+    """Every process of NEW 1.5x slower: the raw times say 1.5x with p ~ 0; per control nothing changed, and a
+    note says the machine itself was slower."""
+    base = _family(tmp_path / "a", seed=5)
+    new = _family(tmp_path / "b", process_speed=(1.5, 1.5, 1.5), seed=6)
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    assert not rep.failed and all(r.verdict == "same" for r in rep.rows)
+    assert all(r.ratio == pytest.approx(1.5, rel=0.03) and r.p < 0.01 for r in rep.rows)
+    assert any("ran 1.50x as long in NEW" in n for n in rep.notes), rep.notes
+
+
+def test_different_control_workloads_fall_back_to_raw_times(tmp_path):
+    base = _family(tmp_path / "a", seed=7)
+    new = _family(tmp_path / "b", process_speed=(1.5, 1.5, 1.5), seed=8, control="ctl/v2")
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    assert any("different control workloads" in n for n in rep.notes)
+    assert rep.failed and all(np.isnan(r.ratio_rel) for r in rep.rows)  # judged on raw times: 1.5x slower
+
+
+def test_a_faster_case_is_faster_and_fails_nothing(tmp_path):
     base = _family(tmp_path / "a", seed=3)
     new = _family(tmp_path / "b", slow_case_factor=0.5, seed=4)  # c0 got 2x faster; c1..c3 unchanged
     rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))

@@ -200,3 +200,66 @@ def test_bad_callables_are_named():
         Timer(lambda: None, sync=3)
     with pytest.raises(ValueError, match="samples"):
         Measurement(samples=[], compile_s=None)
+
+
+# -- PairedTimer: fn and the control workload in adjacent pairs ---------------------------------------------
+
+def test_paired_timer_pairs_every_sample_with_a_control_and_spreads_over_the_budget():
+    from harness.measure.timing import PairedTimer
+    clock = FakeClock()
+    order = []
+
+    def fn():
+        order.append("f")
+        clock.advance(0.004)
+
+    def ctl():
+        order.append("c")
+        clock.advance(0.002)
+
+    pm = PairedTimer(fn, ctl, min_pairs=5, budget_s=0.5, clock=clock).run()
+    # no early stop on convergence: pairs until the budget is spent (each pair 6 ms)
+    assert 70 <= pm.fn.n == pm.control.n == len(pm.ratios) <= 90
+    assert pm.ratio == pytest.approx(2.0) and all(r == pytest.approx(2.0) for r in pm.ratios)
+    assert pm.fn.median == pytest.approx(0.004) and pm.control.median == pytest.approx(0.002)
+    assert "".join(order).endswith("fccf" * 10) or "".join(order).endswith("fccf" * 10 + "fc")  # f,c then c,f
+
+
+def test_paired_timer_ratios_cancel_a_slow_spell():
+    """A spell that makes everything 1.5x slower for a third of the pairs moves the raw samples, not the ratios."""
+    from harness.measure.timing import PairedTimer
+    clock = FakeClock()
+    state = {"n": 0}
+
+    def speed():
+        state["n"] += 1
+        return 1.5 if 100 <= state["n"] < 200 else 1.0
+
+    pm = PairedTimer(lambda: clock.advance(0.003 * speed()), lambda: clock.advance(0.001 * speed()),
+                     min_pairs=5, budget_s=1.2, clock=clock).run()
+    assert max(pm.fn.samples) / min(pm.fn.samples) == pytest.approx(1.5, rel=0.01)
+    assert sum(abs(r - 3.0) > 1e-6 for r in pm.ratios) <= 2  # only a pair that straddles an edge of the spell
+    assert pm.ratio == pytest.approx(3.0)
+
+
+def test_paired_timer_a_slow_fn_gets_min_pairs_only_within_max_extra():
+    from harness.measure.timing import PairedTimer
+    clock = FakeClock()
+    pm = PairedTimer(lambda: clock.advance(1.0), lambda: clock.advance(0.002), min_pairs=5, budget_s=0.1,
+                     max_extra_s=10.0, clock=clock).run()
+    assert pm.fn.n == 5  # topped up to min_pairs: 4 more seconds is within max_extra_s
+    clock2 = FakeClock()
+    pm2 = PairedTimer(lambda: clock2.advance(1.0), lambda: clock2.advance(0.002), min_pairs=5, budget_s=0.1,
+                      max_extra_s=2.0, clock=clock2).run()
+    assert pm2.fn.n == 1 and pm2.fn.stop_reason == "budget"
+
+
+def test_paired_timer_rejects_bad_arguments():
+    from harness.core.errors import InputError, InputTypeError
+    from harness.measure.timing import PairedTimer
+    with pytest.raises(InputTypeError, match="control"):
+        PairedTimer(lambda: None, "not callable")
+    with pytest.raises(InputError, match="max_pairs"):
+        PairedTimer(lambda: None, lambda: None, min_pairs=5, max_pairs=2)
+    with pytest.raises(InputError, match="max_extra_s"):
+        PairedTimer(lambda: None, lambda: None, max_extra_s=-1)

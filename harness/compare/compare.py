@@ -13,12 +13,12 @@ Inputs are two run directories (``rows.jsonl`` + ``meta.json``) or two asv resul
     normalised so that > 1 means *worse* (slower, or a lower rate); a hierarchical bootstrap 95 % CI
     (processes, then samples); a two-sided Welch t-test on the logs of the per-process medians. Verdict
     ``slower`` when ratio > threshold and p < alpha, ``faster`` when ratio < 1/threshold and p < alpha,
-    A second test cancels what a slow process or a slow spell of the machine does to every case of a backend:
-    each timing relative to its *control*, the median of the backend's other timings in the same processes
-    (:func:`controls`); ``rel`` = that relative ratio, with its own Welch p. Either test past the threshold at
-    p < alpha gives the verdict (the relative one only when the absolute ratio moved the same way: a faster
-    sibling alone must not make a case slower). A change common to every case of a backend cancels in the
-    relative test; the absolute one still sees it when it stands out against the spread between processes.
+    On the CPU every timing ``M`` has a twin ``M_per_control``: the same samples, each divided by the time of a
+    fixed harness workload taken right next to it (``harness.measure.control``). A slow spell of the machine,
+    or a whole run on a slower machine state, moves a time and its control alike, so when both runs have the
+    twin (with the same control) **the verdict is taken on it**: ``rel`` = its ratio, with its own CI and
+    Welch p over the processes; ``ratio`` (raw times) is then shown, not judged, and a note says how much
+    faster or slower the machine itself ran (the control's own ratio).
     ``inconclusive`` when the ratio is past the threshold but either side has fewer than
     :data:`~harness.measure.stats.MIN_PROCESSES` processes (an old run, or ``--processes 1``) or the
     processes disagree (p >= alpha), else ``same``. (asv files keep no samples unless run with
@@ -49,10 +49,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from harness.core.errors import InputError
-from harness.measure.records import IDENTITY_EXTRAS
+from harness.measure.records import IDENTITY_EXTRAS, PER_CONTROL
 from harness.measure.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_PROCESSES,  # noqa: F401
-                                  bootstrap_median_ci, bootstrap_ratio_ci, mann_whitney_p, process_log_medians,
-                                  process_ratio_stats, ratio_stats, relative_stats, signed_rank_p)
+                                  bootstrap_median_ci, bootstrap_ratio_ci, mann_whitney_p, process_ratio_stats,
+                                  ratio_stats, signed_rank_p)
 
 DEFAULT_THRESHOLD = 1.10
 DEFAULT_ALPHA = 0.01
@@ -126,6 +126,7 @@ class Entry:
     status: str = "ok"
     reason: str = ""
     process_samples: Optional[List[np.ndarray]] = None  # one array per independent process
+    control: Optional[str] = None  # the control workload a ``*_per_control`` row is in units of
 
     def groups(self) -> List[np.ndarray]:
         """The samples by process (all in one group when the run kept no process structure)."""
@@ -196,7 +197,8 @@ def load_run(path: str) -> ResultSet:
         entries[key] = Entry(key, label, _clean(rec.get("value")), str(rec.get("unit") or ""), samples,
                              tol=tol if isinstance(tol, (int, float)) else None,
                              status=str(rec.get("status") or "ok"), reason=str(_clean(rec.get("reason")) or ""),
-                             process_samples=groups)
+                             process_samples=groups,
+                             control=str(rec["control"]) if isinstance(rec.get("control"), str) else None)
     from harness.measure.records import machine_key
     foreign = None
     if "load1" in df.columns and "threads" in df.columns:
@@ -291,7 +293,7 @@ class Comparison:
     verdict: str = "same"
     why: str = ""
     procs: Tuple[int, int] = (0, 0)  # independent processes (base, new) of a timed comparison
-    ratio_rel: float = math.nan  # the ratio relative to the other cases of the backend in the same processes
+    ratio_rel: float = math.nan  # the ratio of the times in units of the control workload (what is judged)
     p_rel: float = math.nan
 
     @property
@@ -359,28 +361,20 @@ def _timed_entry(e: Entry) -> bool:
             and (e.unit in TIME_UNITS or m.startswith("time_")) and exact_rule(m, e.unit) is None)
 
 
-def controls(side: ResultSet) -> Dict[Tuple, np.ndarray]:
-    """For each timing of a run: a per-process control, the median over the *other* timings of the same backend
-    and device of their per-process log medians (the same processes: round k of every case of a backend family
-    runs in one worker). A slow process or a slow spell of the machine moves a timing and its control alike, so
-    timing − control cancels it; a change of one case does not move its control (a median over its siblings).
-    Needs >= 2 siblings with the same number of processes (>= MIN_PROCESSES); others get no control."""
-    by: Dict[Tuple, List[Tuple[Tuple, np.ndarray]]] = {}
-    for k, e in side.entries.items():
-        if _timed_entry(e) and e.process_samples and len(e.process_samples) >= MIN_PROCESSES:
-            logs = process_log_medians(e.process_samples)
-            by.setdefault((e.label.get("suite"), e.label.get("backend"), e.label.get("device")), []).append((k, logs))
-    out: Dict[Tuple, np.ndarray] = {}
-    for items in by.values():
-        sizes = [len(v) for _, v in items]
-        size = max(set(sizes), key=sizes.count)
-        items = [(k, v) for k, v in items if len(v) == size]
-        if len(items) < 3:
-            continue
-        mat = np.stack([v for _, v in items])
-        for i, (k, _) in enumerate(items):
-            out[k] = np.nanmedian(np.delete(mat, i, axis=0), axis=0)
-    return out
+def _twin_key(key: Tuple) -> Tuple:
+    """The key of the ``*_per_control`` twin of a timing's key."""
+    return tuple(sorted((k, v + PER_CONTROL if k == "metric" else v) for k, v in key))
+
+
+def _twin(base: ResultSet, new: ResultSet, k: Tuple) -> Optional[Tuple[Entry, Entry]]:
+    """Both sides' per-control twins of timing ``k`` when they can be judged against each other, else None."""
+    tk = _twin_key(k)
+    tb, tn = base.entries.get(tk), new.entries.get(tk)
+    if tb is None or tn is None or tb.status != "ok" or tn.status != "ok" or tb.samples is None or tn.samples is None:
+        return None
+    if tb.control is None or tb.control != tn.control:
+        return None
+    return tb, tn
 
 
 def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THRESHOLD,
@@ -413,10 +407,18 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
         if timed and not any(e.samples is not None or e.ci99 is not None for e in timed):
             raise _usage(f"{side.source}: no raw samples in any of its {len(timed)} timing row(s); cannot test "
                          "for significance (was it written by an old version, or are all rows failures?)")
-    ctrl_b, ctrl_n = controls(base), controls(new)
+    ctl_b = {e.control for e in base.entries.values() if e.control}
+    ctl_n = {e.control for e in new.entries.values() if e.control}
+    if ctl_b and ctl_n and not ctl_b & ctl_n:
+        rep.notes.append(f"the runs timed against different control workloads (BASE {', '.join(sorted(ctl_b))}; "
+                         f"NEW {', '.join(sorted(ctl_n))}): timings are judged on raw times only")
+    machine: List[float] = []  # log(raw ratio / per-control ratio): how much slower the machine itself ran
     for k in common:
         b, n = base.entries[k], new.entries[k]
         metric = str(b.label["metric"])
+        if metric.endswith(PER_CONTROL):  # judged as part of its timing's comparison
+            rep.untested += 1
+            continue
         unit = n.unit or b.unit
         c = Comparison(b.label, "untested", unit, b.value, n.value)
         if b.status != "ok" or n.status != "ok":
@@ -450,10 +452,13 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
             c.procs = (st["procs_base"], st["procs_new"])
             procs_ok = min(c.procs) >= MIN_PROCESSES
             significant = procs_ok and c.p < alpha
-            if procs_ok and k in ctrl_b and k in ctrl_n and not hb:
-                rel = relative_stats(process_log_medians(b.groups()) - ctrl_b[k],
-                                     process_log_medians(n.groups()) - ctrl_n[k])
-                c.ratio_rel, c.p_rel = rel["ratio_rel"], rel["p_rel"]
+            twin = _twin(base, new, k) if not hb else None
+            if twin is not None:
+                rt = process_ratio_stats(twin[0].groups(), twin[1].groups())
+                if min(rt["procs_base"], rt["procs_new"]) >= MIN_PROCESSES:
+                    c.ratio_rel, c.p_rel, c.ci_lo, c.ci_hi = rt["ratio"], rt["p"], rt["ci_lo"], rt["ci_hi"]
+                    if c.ratio > 0 and c.ratio_rel > 0:
+                        machine.append(math.log(c.ratio / c.ratio_rel))
             basis = (f"p={c.p:.2g} over {c.procs[0]}+{c.procs[1]} processes" if procs_ok else
                      f"{c.procs[0]}+{c.procs[1]} process(es): need >= {MIN_PROCESSES} per side to judge "
                      f"(rnnbench run --processes {MIN_PROCESSES})")
@@ -465,25 +470,29 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
         else:
             rep.untested += 1
             continue
-        # Relative to its siblings in the same processes: what a slow machine or process cannot fake. Counted when
-        # the case moved in absolute terms the same way (a faster sibling alone must not make a case "slower").
-        rel_sig = math.isfinite(c.p_rel) and c.p_rel < alpha
-        rel_why = (f"; relative to the backend's other cases in the same processes {c.ratio_rel:.3f}, "
-                   f"p={c.p_rel:.2g}") if math.isfinite(c.ratio_rel) else ""
+        judged = c.ratio
+        if math.isfinite(c.ratio_rel):  # judged in units of the control workload timed next to every sample
+            judged, significant = c.ratio_rel, c.p_rel < alpha
+            basis = (f"per control {c.ratio_rel:.3f}, p={c.p_rel:.2g} over {c.procs[0]}+{c.procs[1]} processes; "
+                     f"raw time ratio {c.ratio:.3f}")
         if not same_machine:
             c.verdict, c.why = "not comparable", "different machines"
-        elif (significant and c.ratio > threshold) or (rel_sig and c.ratio_rel > threshold and c.ratio > 1.0):
-            c.verdict, c.why = "slower", f"ratio {c.ratio:.3f}, {basis}{rel_why} (threshold {threshold:g})"
-        elif (significant and c.ratio < 1.0 / threshold) or (rel_sig and c.ratio_rel < 1 / threshold and c.ratio < 1.0):
-            c.verdict, c.why = "faster", f"ratio {c.ratio:.3f}, {basis}{rel_why} (threshold {threshold:g})"
-        elif c.ratio > threshold or c.ratio < 1.0 / threshold:
+        elif significant and (judged > threshold or judged < 1.0 / threshold):
+            c.verdict = "slower" if judged > threshold else "faster"
+            c.why = ("" if math.isfinite(c.ratio_rel) else f"ratio {c.ratio:.3f}, ") + f"{basis} (threshold {threshold:g})"
+        elif judged > threshold or judged < 1.0 / threshold:
             c.verdict = "inconclusive"
-            c.why = (f"ratio {c.ratio:.3f} past {threshold:g}, but " +
+            c.why = (f"ratio {judged:.3f} past {threshold:g}, but " +
                      (basis if not procs_ok else f"the processes disagree ({basis}, alpha {alpha:g})"))
         else:
             c.verdict = "same"
             c.why = basis if not significant else f"significant but within {threshold:g} ({basis})"
         rep.rows.append(c)
+    if machine and same_machine:
+        speed = math.exp(float(np.median(machine)))
+        if not 1 / 1.05 <= speed <= 1.05:
+            rep.notes.append(f"the machine itself ran {speed:.2f}x as long in NEW as in BASE (the control workload's "
+                             "time): raw time ratios include that; verdicts are taken per control and do not")
     if not rep.rows or all(r.verdict == "not comparable" for r in rep.rows):
         raise _usage("nothing comparable: every common measurement lacks samples or a deterministic value"
                      + ("; " + "; ".join(rep.notes) if rep.notes else ""))
@@ -501,16 +510,18 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def _table(rep: Report) -> Tuple[List[str], List[List[str]]]:
-    head = ["suite", "case", "backend", "metric", "base", "new", "ratio", "95% CI", "p", "rel", "procs", "verdict"]
+    head = ["suite", "case", "backend", "metric", "base", "new", "ratio", "per control", "95% CI", "p", "procs",
+            "verdict"]
     body = []
     for r in sorted(rep.rows, key=lambda r: (not r.failed, str(r.label.get("suite")), r.name(),
                                               str(r.label.get("metric")))):
         ci = f"[{r.ci_lo:.3f}, {r.ci_hi:.3f}]" if math.isfinite(r.ci_lo) else "-"
         body.append([str(r.label.get("suite") or ""), r.name(), str(r.label.get("backend") or ""),
                      str(r.label.get("metric")), _fmt(r.base), _fmt(r.new),
-                     f"{r.ratio:.3f}" if math.isfinite(r.ratio) else "-", ci,
-                     f"{r.p:.2g}" if math.isfinite(r.p) else "-",
-                     f"{r.ratio_rel:.3f}" if math.isfinite(r.ratio_rel) else "-",
+                     f"{r.ratio:.3f}" if math.isfinite(r.ratio) else "-",
+                     f"{r.ratio_rel:.3f}" if math.isfinite(r.ratio_rel) else "-", ci,
+                     f"{(r.p_rel if math.isfinite(r.ratio_rel) else r.p):.2g}"
+                     if math.isfinite(r.p_rel if math.isfinite(r.ratio_rel) else r.p) else "-",
                      f"{r.procs[0]}/{r.procs[1]}" if r.kind == "timed" and any(r.procs) else "-", r.verdict])
     return head, body
 

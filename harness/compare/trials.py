@@ -72,14 +72,21 @@ def judge(base_dir: str, new_dir: str) -> Dict[str, Any]:
             "timed": timed}
 
 
+def _judged(t: Dict[str, Any]) -> Tuple[float, float]:
+    """(ratio, p) that compare's verdict rests on: per control when the comparison has it, else the raw times."""
+    rel = t.get("ratio_rel")
+    if rel is not None and rel == rel:
+        return rel, t["p_rel"]
+    return t["ratio"], t["p"]
+
+
 def _flags(p: Dict[str, Any], threshold: float, alpha: float) -> List[Dict[str, Any]]:
-    """The comparisons that compare's rule flags slower at this threshold and alpha (absolute or relative test)."""
+    """The comparisons that compare's rule flags slower at this threshold and alpha."""
     def slower(t):
         if min(t["procs"]) < cmp.MIN_PROCESSES:
             return False
-        rel = t.get("p_rel")
-        return (t["ratio"] > threshold and t["p"] < alpha) or \
-            (rel is not None and rel == rel and rel < alpha and t["ratio_rel"] > threshold and t["ratio"] > 1.0)
+        r, pv = _judged(t)
+        return r > threshold and pv < alpha
     return [t for t in p["timed"] if slower(t)]
 
 
@@ -101,10 +108,12 @@ def summarise(aa: List[Dict[str, Any]], inj: List[Dict[str, Any]], runs: List[Di
     if inj:
         caught = sum(any(t["target"] and t["verdict"] == "slower" for t in p["timed"]) for p in inj)
         other = sum(any(not t["target_case"] and t["verdict"] == "slower" for t in p["timed"]) for p in inj)
-        rs = sorted(t["ratio"] for p in inj for t in p["timed"] if t["target"])
+        rs = sorted(_judged(t)[0] for p in inj for t in p["timed"] if t["target"])
+        raw = sorted(t["ratio"] for p in inj for t in p["timed"] if t["target"])
         lines.append(f"injected {factor:g}x: {' '.join(TARGET)} flagged slower in {caught}/{len(inj)} pairs; pairs "
-                     f"with anything outside the NumPy LSTM flagged: {other}/{len(inj)}; measured target ratio median "
-                     f"{rs[len(rs) // 2]:.3f} [{rs[0]:.3f}..{rs[-1]:.3f}]" if rs else "injected: no target comparison")
+                     f"with anything outside the NumPy LSTM flagged: {other}/{len(inj)}; target ratio as judged, median "
+                     f"{rs[len(rs) // 2]:.3f} [{rs[0]:.3f}..{rs[-1]:.3f}] (raw times {raw[len(raw) // 2]:.3f} "
+                     f"[{raw[0]:.3f}..{raw[-1]:.3f}])" if rs else "injected: no target comparison")
     lines += ["", "re-read for other settings (A/A: pairs with any flag; injected: target caught / other flagged):",
               "threshold  alpha   " + f"{'A/A false alarms':>18}  {'injected caught':>16}  {'injected other':>15}"]
     for th in THRESHOLDS:
@@ -114,10 +123,11 @@ def summarise(aa: List[Dict[str, Any]], inj: List[Dict[str, Any]], runs: List[Di
             ot = sum(any(not t["target_case"] for t in _flags(p, th, a)) for p in inj)
             mark = "  <- default" if (th, a) == (cmp.DEFAULT_THRESHOLD, cmp.DEFAULT_ALPHA) else ""
             lines.append(f"{th:>9.2f}  {a:<6g}  {fa:>8}/{len(aa):<9}  {ca:>7}/{len(inj):<8}  {ot:>6}/{len(inj):<8}{mark}")
-    spread = sorted(t["ratio"] for p in aa for t in p["timed"])
-    if spread:
-        q = lambda f: spread[min(len(spread) - 1, int(f * len(spread)))]  # noqa: E731
-        lines += ["", f"A/A timed ratios over all pairs and comparisons ({len(spread)}): median {q(0.5):.3f}, "
+    for what, get in (("as judged", lambda t: _judged(t)[0]), ("raw times", lambda t: t["ratio"])):
+        spread = sorted(get(t) for p in aa for t in p["timed"])
+        if spread:
+            q = lambda f: spread[min(len(spread) - 1, int(f * len(spread)))]  # noqa: E731
+            lines += [f"A/A timed ratios {what} over all pairs and comparisons ({len(spread)}): median {q(0.5):.3f}, "
                       f"1 % {q(0.01):.3f}, 99 % {q(0.99):.3f}, max {spread[-1]:.3f}"]
     return "\n".join(lines)
 
@@ -181,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if rs["rc"] in (0, 1):
                     inj.append(judge(ra["dir"], rs["dir"]))
                     t = [x for x in inj[-1]["timed"] if x["target"]]
-                    print(f"injected pair {len(inj):2d}: target ratio {t[0]['ratio'] if t else float('nan'):.3f} "
+                    print(f"injected pair {len(inj):2d}: target ratio {_judged(t[0])[0] if t else float('nan'):.3f} "
                           f"{t[0]['verdict'] if t else '-'}; exit {inj[-1]['exit']}  {inj[-1]['summary'][:110]}",
                           flush=True)
             save()

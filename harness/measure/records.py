@@ -41,6 +41,9 @@ FAILED_STATUSES = ("error", "oom", "timeout")
 #: Extra columns that distinguish two rows of one case and metric (the identity of a measurement).
 IDENTITY_EXTRAS = ("mode", "step", "algorithm", "truncation", "rho", "forget_bias", "gate_bias", "input_scale",
                    "init", "kind", "seed", "T_eval", "phase", "probe")
+#: A timing ``M`` measured next to the control workload has a twin row ``M + PER_CONTROL`` (unit ``ratio``):
+#: the same samples in units of the control's time (``harness.measure.control``); ``extra.control`` names it.
+PER_CONTROL = "_per_control"
 #: Which status a merged measurement takes when its processes disagree (first found wins).
 _MERGE_ORDER = ("error", "timeout", "oom", "limit", "ok", "skipped")
 #: Case fields copied into every row of the case.

@@ -160,19 +160,3 @@ def process_ratio_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequ
     a = (1 - confidence) / 2
     out["ci_lo"], out["ci_hi"] = (float(x) for x in np.nanpercentile(r, [100 * a, 100 * (1 - a)]))
     return out
-
-
-def process_log_medians(groups: Sequence[Sequence[float]], higher_better: bool = False) -> np.ndarray:
-    """log of each process's median (reciprocals for rates), in process order; NaN for an empty process."""
-    meds = [_usable(g, higher_better) for g in groups]
-    return np.asarray([math.log(float(np.median(a))) if len(a) else math.nan for a in meds], dtype=float)
-
-
-def relative_stats(base_logs: np.ndarray, new_logs: np.ndarray) -> Dict[str, float]:
-    """Ratio and Welch p of per-process log values that are already relative to a control measured in the same
-    processes (see :func:`harness.compare.compare.controls`): ``ratio_rel`` = exp(median new − median base)."""
-    b = base_logs[np.isfinite(base_logs)]
-    n = new_logs[np.isfinite(new_logs)]
-    if len(b) < 2 or len(n) < 2:
-        return {"ratio_rel": math.nan, "p_rel": math.nan}
-    return {"ratio_rel": math.exp(float(np.median(n) - np.median(b))), "p_rel": welch_logs_p(b, n)}

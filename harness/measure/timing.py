@@ -237,3 +237,98 @@ class Timer:
 def time_fn(fn: Callable[[], Any], **kw: Any) -> Measurement:
     """Shorthand for ``Timer(fn, **kw).run()``."""
     return Timer(fn, **kw).run()
+
+
+@dataclass
+class PairedMeasurement:
+    """The result of :meth:`PairedTimer.run`: ``fn`` and ``control`` timed in adjacent pairs (seconds per call).
+
+    ``ratios[i]`` = ``fn.samples[i] / control.samples[i]``: the time of ``fn`` in units of the control's time
+    taken next to it, which a slow spell of the machine moves much less than either time.
+    """
+
+    fn: Measurement
+    control: Measurement
+    ratios: List[float]
+
+    def __post_init__(self) -> None:
+        if len(self.ratios) != self.fn.n or self.fn.n != self.control.n:
+            raise InputError("ratios: a PairedMeasurement needs one ratio per pair of samples")
+        self.ratio = float(np.median(self.ratios))
+
+
+class PairedTimer:
+    """Time ``fn`` in alternation with a fixed ``control`` workload: pair i holds one sample of each, taken one
+    right after the other, in the order fn, control, control, fn, fn, ... so that a drift cancels to first order.
+
+    Both are warmed up and calibrated (batched to ``min_sample_s``) like :class:`Timer`; the first call of
+    ``fn`` is its ``compile_s``. Pairs are taken until ``budget_s`` is spent and at least ``min_pairs`` exist
+    (no early stop on convergence: the pairs are meant to spread over the whole budget, so that a short slow
+    spell hits a few of them, not all), or ``max_pairs``. If the budget runs out before ``min_pairs``
+    (a slow ``fn``), more pairs are taken only while the estimate of what they cost stays within
+    ``max_extra_s``; ``min_pairs`` is then not guaranteed (at least one pair always is).
+    """
+
+    def __init__(self, fn: Callable[[], Any], control: Callable[[], Any], sync: Optional[Callable[[], Any]] = None,
+                 warmup: int = 1, min_pairs: int = 5, max_pairs: int = 10_000, budget_s: float = 1.0,
+                 max_extra_s: float = 3.0, min_sample_s: float = MIN_SAMPLE_S,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        if not callable(control):
+            raise InputTypeError(f"control: got {type(control).__name__}; expected a zero-argument callable")
+        self._fn = Timer(fn, sync=sync, warmup=warmup, min_runs=1, budget_s=budget_s, target_rel_iqr=0,
+                         min_sample_s=min_sample_s, clock=clock)
+        self._control = Timer(control, warmup=1, min_runs=1, budget_s=budget_s, target_rel_iqr=0,
+                              min_sample_s=min_sample_s, clock=clock)
+        self.min_pairs = _check_int("min_pairs", min_pairs, 1)
+        self.max_pairs = _check_int("max_pairs", max_pairs, 1)
+        if self.max_pairs < self.min_pairs:
+            raise InputError(f"max_pairs: got {max_pairs}; must be >= min_pairs ({min_pairs})")
+        self.budget_s = _check_pos("budget_s", budget_s)
+        self.max_extra_s = _check_pos("max_extra_s", max_extra_s, allow_zero=True)
+        self.clock = clock
+
+    def run(self) -> PairedMeasurement:
+        """Warm up and calibrate both, take the pairs; return the :class:`PairedMeasurement`."""
+        f, c, clock = self._fn, self._control, self.clock
+        gc_was_enabled = gc.isenabled()
+        compile_s: Optional[float] = None
+        try:
+            gc.collect()
+            gc.disable()
+            if f.warmup >= 1:
+                compile_s = f._time_batch(1)
+                for _ in range(f.warmup - 1):
+                    f._time_batch(1)
+            c._time_batch(1)
+            gc.collect()
+            start = clock()
+            nf, _ = f._calibrate()  # calibration singles are not kept: they have no control beside them
+            nc, _ = c._calibrate()
+            fs: List[float] = []
+            cs: List[float] = []
+            reason = "max_pairs"
+            while len(fs) < self.max_pairs:
+                t0 = clock()
+                if len(fs) % 2 == 0:
+                    a = f._time_batch(nf) / nf
+                    b = c._time_batch(nc) / nc
+                else:
+                    b = c._time_batch(nc) / nc
+                    a = f._time_batch(nf) / nf
+                fs.append(a)
+                cs.append(b)
+                now = clock()
+                if now - start >= self.budget_s:
+                    missing = self.min_pairs - len(fs)
+                    if missing <= 0 or missing * (now - t0) > self.max_extra_s:
+                        reason = "budget"
+                        break
+            total = clock() - start
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        fm = Measurement(samples=fs, compile_s=compile_s, number=nf, stop_reason=reason, total_s=total,
+                         warmup=f.warmup)
+        cm = Measurement(samples=cs, compile_s=None, number=nc, stop_reason=reason, total_s=total, warmup=1)
+        ratios = [a / b if b > 0 else math.nan for a, b in zip(fs, cs)]
+        return PairedMeasurement(fm, cm, ratios)

@@ -28,6 +28,9 @@ equiv_error         rel         relative L2 error against the reference (worst o
 ceiling_gflops      GFLOP/s     a GEMM ceiling of this framework (``kind`` in extra), once per process
 compile_s           s           first call of the mode (includes JIT compilation)
 fwd_ms / train_ms   ms          median time per call; samples in ms
+fwd_ms_per_control  ratio       (CPU) median over adjacent pairs of (time / the control workload's time): the
+(train_ms_...)                  timing in units of a fixed harness workload timed next to it, which a slow
+                                spell of the machine moves far less than either time (``harness.measure.control``)
 tokens_per_s        tokens/s    B·T / time
 us_per_step         us          time / T
 gflops              GFLOP/s     model GEMM FLOPs ``2·B·(I+H)·G·H·T·L`` (training: 3×) / time
@@ -187,6 +190,15 @@ def _measure(fn, budget_s: float):
     return m
 
 
+def _measure_paired(fn, budget_s: float):
+    """On the CPU: ``fn`` timed in adjacent pairs with the harness's control workload over the whole budget
+    (:class:`harness.measure.timing.PairedTimer`); returns the :class:`PairedMeasurement`."""
+    from harness.measure.control import make_control
+    from harness.measure.timing import PairedTimer
+
+    return PairedTimer(fn, make_control(), budget_s=budget_s, min_pairs=MIN_SAMPLES, max_extra_s=TOP_UP_MAX_S).run()
+
+
 def _backend(name: str, device: str, threads: int):
     """The registry's instance (one per process, kept alive: JIT caches and thread settings live with it)."""
     from implementations import registry
@@ -291,12 +303,22 @@ class ThroughputSuite(Suite):
                     fn = backend.prepare_forward(spec, low.params, low.x, low.state)
                 else:
                     fn = backend.prepare_train(spec, low.params, low.x, low.state, low.dy, low.d_state)
-                m = _measure(fn, budget)
+                # On the CPU every sample sits next to one of the control workload (see harness.measure.control):
+                # what compare judges two runs on. A GPU's time is not the CPU's, so there it is timed alone.
+                pm = _measure_paired(fn, budget) if case.device == "cpu" else None
+                m = pm.fn if pm is not None else _measure(fn, budget)
             except Unsupported as e:
                 reason = _skip_reason(case, e, mode)
                 yield case.row(f"{mode}_ms", None, "ms", status="skipped", reason=reason, mode=mode, **common)
                 return
             yield from self._timing_rows(case, spec, mode, m, common)
+            if pm is not None:
+                from harness.measure.control import CONTROL_ID
+                from harness.measure.records import PER_CONTROL
+                yield case.row(f"{mode}_ms{PER_CONTROL}", pm.ratio, "ratio", samples=pm.ratios,
+                               q25=float(np.percentile(pm.ratios, 25)), q75=float(np.percentile(pm.ratios, 75)),
+                               n=len(pm.ratios), control=CONTROL_ID, control_ms=pm.control.median * 1e3,
+                               control_number=pm.control.number, mode=mode, **common)
             timed.append((mode, m))
 
         # 3. GEMM ceilings of this framework (measured once per process and shape), then the efficiencies
