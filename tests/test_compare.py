@@ -314,9 +314,9 @@ def test_a_run_that_shared_the_machine_gets_a_note(tmp_path):
     assert "NEW ran while other work loaded the machine" in notes and "BASE ran" not in notes
 
 
-def test_welch_on_logs_edge_cases():
-    from harness.measure.stats import welch_logs_p
+def test_t_test_on_logs_edge_cases():
+    from harness.measure.stats import t_logs_p
     same, other = np.zeros(3), np.ones(3)
-    assert welch_logs_p(same, same) == 1.0 and welch_logs_p(same, other) == 0.0  # no spread on either side
-    assert np.isnan(welch_logs_p(np.zeros(1), other))
-    assert welch_logs_p(np.array([0.0, 0.01, -0.01]), np.array([0.2, 0.21, 0.19])) < 0.01
+    assert t_logs_p(same, same) == 1.0 and t_logs_p(same, other) == 0.0  # no spread on either side
+    assert np.isnan(t_logs_p(np.zeros(1), other))
+    assert t_logs_p(np.array([0.0, 0.01, -0.01]), np.array([0.2, 0.21, 0.19])) < 0.01

@@ -11,13 +11,13 @@ Inputs are two run directories (``rows.jsonl`` + ``meta.json``) or two asv resul
     unit: samples of one process share its state (clock, caches, memory layout, JIT), so their spread says
     nothing about how a second run will differ. Ratio = median of the per-process medians, new/base,
     normalised so that > 1 means *worse* (slower, or a lower rate); a hierarchical bootstrap 95 % CI
-    (processes, then samples); a two-sided Welch t-test on the logs of the per-process medians. Verdict
-    ``slower`` when ratio > threshold and p < alpha, ``faster`` when ratio < 1/threshold and p < alpha,
+    (processes, then samples); a two-sided t-test (pooled variance) on the logs of the per-process medians. Verdict
+    ``slower`` when ratio > threshold and p < alpha, ``faster`` when ratio < 1/threshold and p < alpha.
     On the CPU every timing ``M`` has a twin ``M_per_control``: the same samples, each divided by the time of a
     fixed harness workload taken right next to it (``harness.measure.control``). A slow spell of the machine,
     or a whole run on a slower machine state, moves a time and its control alike, so when both runs have the
     twin (with the same control) **the verdict is taken on it**: ``rel`` = its ratio, with its own CI and
-    Welch p over the processes; ``ratio`` (raw times) is then shown, not judged, and a note says how much
+    t-test p over the processes; ``ratio`` (raw times) is then shown, not judged, and a note says how much
     faster or slower the machine itself ran (the control's own ratio).
     ``inconclusive`` when the ratio is past the threshold but either side has fewer than
     :data:`~harness.measure.stats.MIN_PROCESSES` processes (an old run, or ``--processes 1``) or the
