@@ -320,3 +320,47 @@ def test_t_test_on_logs_edge_cases():
     assert t_logs_p(same, same) == 1.0 and t_logs_p(same, other) == 0.0  # no spread on either side
     assert np.isnan(t_logs_p(np.zeros(1), other))
     assert t_logs_p(np.array([0.0, 0.01, -0.01]), np.array([0.2, 0.21, 0.19])) < 0.01
+
+
+def _backend_run(path, case_shift, seed, control="ctl/v1", n_proc=3, proc_sd=0.01):
+    """A CPU run of one backend: case i's per-control value is (1 + i) * case_shift[i], with process-to-process
+    noise proc_sd (one number, or one per case)."""
+    rng = np.random.default_rng(seed)
+    sds = proc_sd if isinstance(proc_sd, (list, tuple)) else [proc_sd] * len(case_shift)
+    rows = []
+    for i, f in enumerate(case_shift):
+        for k in range(n_proc):
+            lvl = (1.0 + i) * f * float(np.exp(sds[i] * rng.standard_normal()))
+            s = lvl * (1 + 0.01 * rng.standard_normal(30))
+            ctl = 0.1 * (1 + 0.01 * rng.standard_normal(30))
+            rows.append(make_row(_fields(f"c{i}"), "fwd_ms", float(np.median(s * ctl)), "ms", samples=s * ctl,
+                                 mode="fwd", process=k, processes=n_proc))
+            rows.append(make_row(_fields(f"c{i}"), "fwd_ms_per_control", float(np.median(s)), "ratio", samples=s,
+                                 mode="fwd", process=k, processes=n_proc, control=control))
+    return make_run(path, rows)
+
+
+def test_processes_that_agree_by_chance_are_not_believed_more_than_the_backend_usually_agrees(tmp_path):
+    """A backend whose processes typically scatter 20 %: one case whose 3+3 processes happen to agree to 0.5 %
+    and sit 1.22x apart is not a regression (its test takes the backend's typical variance)."""
+    sds = [0.005] + [0.2] * 7
+    base = _backend_run(tmp_path / "a", [1.0] * 8, seed=1, proc_sd=sds)
+    new = _backend_run(tmp_path / "b", [1.22] + [1.0] * 7, seed=2, proc_sd=sds)
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    c0 = next(r for r in rep.rows if r.label["case"] == "c0")
+    assert c0.ratio_rel == pytest.approx(1.22, rel=0.02) and c0.verdict != "slower" and c0.scatter > 1.1
+    assert "typically scatter" in c0.why
+    tight = _backend_run(tmp_path / "c", [1.22] + [1.0] * 7, seed=3, proc_sd=0.005)  # the same shift, tight
+    base2 = _backend_run(tmp_path / "d", [1.0] * 8, seed=4, proc_sd=0.005)
+    rep = compare.compare_sets(compare.load_any(base2), compare.load_any(tight))
+    assert [r.label["case"] for r in rep.failed] == ["c0"]
+
+
+def test_a_tight_backend_still_shows_one_slow_case_and_a_backend_wide_slowdown(tmp_path):
+    base = _backend_run(tmp_path / "a", [1.0] * 8, seed=3)
+    one = _backend_run(tmp_path / "b", [1.2] + [1.0] * 7, seed=4)
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(one))
+    assert [r.label["case"] for r in rep.failed] == ["c0"]
+    every = _backend_run(tmp_path / "c", [1.3] * 8, seed=5)  # every case 1.3x: they move together
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(every))
+    assert len(rep.failed) == 8

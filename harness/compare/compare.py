@@ -51,11 +51,14 @@ import numpy as np
 from harness.core.errors import InputError
 from harness.measure.records import IDENTITY_EXTRAS, PER_CONTROL
 from harness.measure.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_PROCESSES,  # noqa: F401
-                                  bootstrap_median_ci, bootstrap_ratio_ci, mann_whitney_p, process_ratio_stats,
-                                  ratio_stats, signed_rank_p)
+                                  bootstrap_median_ci, bootstrap_ratio_ci, log_diff_stats, mann_whitney_p,
+                                  process_ratio_stats, process_variance_floor, ratio_stats, signed_rank_p,
+                                  t_logs_p_from)
 
 DEFAULT_THRESHOLD = 1.10
 DEFAULT_ALPHA = 0.01
+#: A backend needs this many timed cases in a comparison to estimate its own typical process scatter.
+SCATTER_MIN_CASES = 4
 #: Load average beyond a run's own threads above which compare says the run shared the machine.
 FOREIGN_LOAD_NOTE = 0.75
 
@@ -144,6 +147,9 @@ class ResultSet:
     preset: Optional[str]
     label: str
     foreign_load: Optional[float] = None  # the most load beyond the run's own threads while it ran
+    bad_lines: int = 0  # unreadable lines of rows.jsonl (torn, garbage), left out
+    unfinished: int = 0  # measurements of cases that never finished (an interrupted run)
+    seed: Optional[int] = None
 
 
 def _usage(msg: str):
@@ -204,8 +210,10 @@ def load_run(path: str) -> ResultSet:
     if "load1" in df.columns and "threads" in df.columns:
         extra_load = (df["load1"].astype(float) - df["threads"].astype(float)).dropna()
         foreign = float(extra_load.max()) if len(extra_load) else None
+    unfinished = int((~df["complete"].astype(bool)).sum()) if "complete" in df.columns and len(df) else 0
     return ResultSet(path, "run", entries, machine_key(meta) if meta else "unknown", meta.get("preset"),
-                     str(meta.get("run_id") or os.path.basename(os.path.normpath(path))), foreign)
+                     str(meta.get("run_id") or os.path.basename(os.path.normpath(path))), foreign,
+                     bad_lines=len(df.attrs.get("bad_lines") or []), unfinished=unfinished, seed=meta.get("seed"))
 
 
 def _asv_units(path: str) -> Dict[str, str]:
@@ -228,38 +236,45 @@ def load_asv(path: str) -> ResultSet:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
         raise _usage(f"{path}: not a readable asv result file ({e})") from None
-    cols = data.get("result_columns")
-    if not isinstance(data.get("results"), dict) or not cols:
+    cols = data.get("result_columns") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict) or not isinstance(cols, list) or not cols:
         raise _usage(f"{path}: not an asv result file (no 'results'/'result_columns'); "
                      "give a run directory or results/asv/results/<machine>/<commit>-<env>.json")
     units = _asv_units(path)
     entries: Dict[Tuple, Entry] = {}
+    bad: List[str] = []
     for name, row in data["results"].items():
-        r = dict(zip(cols, row))
-        params = r.get("params") or []
-        combos = list(itertools.product(*params)) if params else [()]
-        vals = r.get("result")
-        vals = vals if isinstance(vals, list) else [vals]
-        col = lambda k, i: (r.get(k) or [None] * len(combos))[i] if isinstance(r.get(k), list) else None  # noqa
-        parts = name.split(".")
-        bench = parts[-1]
-        suite = ".".join(parts[:-1]) or "asv"
-        unit = units.get(name) or ("seconds" if bench.startswith("time_") else
-                                   "bytes" if bench.startswith(("peakmem_", "mem_")) else "")
-        for i, combo in enumerate(combos):
-            v = vals[i] if i < len(vals) else None
-            case = "(" + ", ".join(str(c) for c in combo) + ")" if combo else ""
-            label = {"suite": suite, "case": case, "metric": bench}
-            key = tuple(sorted(label.items()))
-            lo, hi = col("stats_ci_99_a", i), col("stats_ci_99_b", i)
-            smp = col("samples", i)
-            entries[key] = Entry(key, label, None if v is None or (isinstance(v, float) and math.isnan(v)) else v,
-                                 unit, np.asarray(smp, dtype=float) if smp else None,
-                                 ci99=(lo, hi) if lo is not None and hi is not None else None,
-                                 status="ok" if v is not None else "skipped")
-    machine = str((data.get("params") or {}).get("machine", "unknown"))
+        try:
+            r = dict(zip(cols, row))
+            params = r.get("params") or []
+            combos = list(itertools.product(*params)) if params else [()]
+            vals = r.get("result")
+            vals = vals if isinstance(vals, list) else [vals]
+            col = lambda k, i: (r.get(k) or [None] * len(combos))[i] if isinstance(r.get(k), list) else None  # noqa
+            parts = name.split(".")
+            bench = parts[-1]
+            suite = ".".join(parts[:-1]) or "asv"
+            unit = units.get(name) or ("seconds" if bench.startswith("time_") else
+                                       "bytes" if bench.startswith(("peakmem_", "mem_")) else "")
+            for i, combo in enumerate(combos):
+                v = vals[i] if i < len(vals) else None
+                case = "(" + ", ".join(str(c) for c in combo) + ")" if combo else ""
+                label = {"suite": suite, "case": case, "metric": bench}
+                key = tuple(sorted(label.items()))
+                lo, hi = col("stats_ci_99_a", i), col("stats_ci_99_b", i)
+                smp = col("samples", i)
+                entries[key] = Entry(key, label, None if v is None or (isinstance(v, float) and math.isnan(v)) else v,
+                                     unit, np.asarray(smp, dtype=float) if smp else None,
+                                     ci99=(lo, hi) if lo is not None and hi is not None else None,
+                                     status="ok" if v is not None else "skipped")
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError):
+            bad.append(str(name))  # a benchmark whose fields have the wrong shapes: left out, counted
+    if bad and not entries:
+        raise _usage(f"{path}: none of its {len(bad)} benchmark(s) has the asv result layout")
+    params = data.get("params")
+    machine = str(params.get("machine", "unknown")) if isinstance(params, dict) else "unknown"
     return ResultSet(path, "asv", entries, machine, None,
                      f"{str(data.get('commit_hash', '?'))[:8]} ({data.get('env_name', '?')})")
 
@@ -295,6 +310,8 @@ class Comparison:
     procs: Tuple[int, int] = (0, 0)  # independent processes (base, new) of a timed comparison
     ratio_rel: float = math.nan  # the ratio of the times in units of the control workload (what is judged)
     p_rel: float = math.nan
+    scatter: float = math.nan  # the backend's typical process scatter (a factor, exp(sd)): the test's variance floor
+    _t: Optional[Tuple[float, float, int, float, float]] = field(default=None, repr=False)  # see log_diff_stats
 
     @property
     def failed(self) -> bool:
@@ -377,6 +394,67 @@ def _twin(base: ResultSet, new: ResultSet, k: Tuple) -> Optional[Tuple[Entry, En
     return tb, tn
 
 
+def _verdict(c: Comparison, judged: float, significant: bool, basis: str, procs_ok: bool, same_machine: bool,
+             threshold: float, alpha: float) -> None:
+    """Set ``c.verdict`` and ``c.why`` from the judged ratio and whether it is significant."""
+    past = judged > threshold or judged < 1.0 / threshold
+    if not same_machine:
+        c.verdict, c.why = "not comparable", "different machines"
+    elif significant and past:
+        c.verdict = "slower" if judged > threshold else "faster"
+        c.why = ("" if math.isfinite(c.ratio_rel) else f"ratio {c.ratio:.3f}, ") + f"{basis} (threshold {threshold:g})"
+    elif past:
+        c.verdict = "inconclusive"
+        c.why = (f"ratio {judged:.3f} past {threshold:g}, but " +
+                 (basis if not procs_ok else f"the processes disagree ({basis}, alpha {alpha:g})"))
+    else:
+        c.verdict = "same"
+        c.why = basis if not significant else f"significant but within {threshold:g} ({basis})"
+
+
+def _judge_timed(rep: "Report", same_machine: bool, threshold: float, alpha: float) -> None:
+    """Verdicts of the timed comparisons of two run directories.
+
+    Each is judged on its per-control ratio when it has one (else the raw one): a t-test over the processes whose
+    variance is at least the *typical process variance of its backend* in this comparison (the median over the
+    backend's cases). Three processes that agree by chance are not believed more than the backend's processes
+    usually agree: on a shared machine a torch or JAX case's processes scatter by 10-40 % with a heavy tail, and
+    three of them landing close together on each side, a mode apart, is common enough to fake a slowdown. The
+    NumPy reference's processes agree to about 1-2 %, so its floor is low and a small change still shows. A
+    backend with fewer than :data:`SCATTER_MIN_CASES` cases in the comparison takes the median over all cases.
+    """
+    groups: Dict[Tuple, List[Comparison]] = {}
+    for c in rep.rows:
+        if c.kind == "timed" and c._t is not None and not c.verdict.startswith("not"):
+            groups.setdefault((c.label.get("suite"), c.label.get("backend"), c.label.get("device")), []).append(c)
+    everything = [c for items in groups.values() for c in items]
+    for items in groups.values():
+        pool = items if len(items) >= SCATTER_MIN_CASES else everything
+        floor = process_variance_floor([c._t[1] for c in pool])
+        for c in items:
+            d, var, df, nb, nn = c._t
+            v = max(var, floor) if math.isfinite(var) else var
+            p = t_logs_p_from(d, v, df, nb, nn)
+            c.scatter = math.exp(math.sqrt(floor))
+            rel = math.isfinite(c.ratio_rel)
+            if rel:
+                c.p_rel = p
+            else:
+                c.p = p
+            judged = c.ratio_rel if rel else c.ratio
+            spread = f"; the backend's processes typically scatter x{c.scatter:.3f}" if floor > 0 else ""
+            basis = (f"per control {c.ratio_rel:.3f}, p={p:.2g} over {c.procs[0]}+{c.procs[1]} processes{spread}; "
+                     f"raw time ratio {c.ratio:.3f}" if rel else
+                     f"p={p:.2g} over {c.procs[0]}+{c.procs[1]} processes{spread}")
+            _verdict(c, judged, math.isfinite(p) and p < alpha, basis, True, same_machine, threshold, alpha)
+    for c in rep.rows:  # timed comparisons that could not be judged (too few processes)
+        if c.kind == "timed" and c.verdict == "same" and c._t is None and not c.why and min(c.procs or (0,)) < MIN_PROCESSES:
+            basis = (f"{c.procs[0]}+{c.procs[1]} process(es): need >= {MIN_PROCESSES} per side to judge "
+                     f"(rnnbench run --processes {MIN_PROCESSES})")
+            _verdict(c, c.ratio_rel if math.isfinite(c.ratio_rel) else c.ratio, False, basis, False, same_machine,
+                     threshold, alpha)
+
+
 def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THRESHOLD,
                  alpha: float = DEFAULT_ALPHA) -> Report:
     """Match two result sets and judge every match. Raises UsageError when nothing can be compared."""
@@ -390,7 +468,16 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
     if base.preset and new.preset and base.preset != new.preset:
         rep.notes.append(f"different presets: BASE {base.preset!r} vs NEW {new.preset!r}; comparing the cases "
                          "present in both")
+    if base.seed is not None and new.seed is not None and base.seed != new.seed:
+        rep.notes.append(f"different seeds: BASE {base.seed} vs NEW {new.seed}; the inputs and weights differ, so "
+                         "deterministic metrics (errors) may differ for that reason alone")
     for name, side in (("BASE", base), ("NEW", new)):
+        if side.bad_lines:
+            rep.notes.append(f"{name} has {side.bad_lines} unreadable line(s) in rows.jsonl (torn or garbage), "
+                             "left out")
+        if side.unfinished:
+            rep.notes.append(f"{name} has {side.unfinished} measurement(s) of cases that never finished (an "
+                             "interrupted run?): resume it to complete them")
         if side.foreign_load is not None and side.foreign_load > FOREIGN_LOAD_NOTE:
             rep.notes.append(f"{name} ran while other work loaded the machine (load average up to "
                              f"{side.foreign_load:.1f} beyond its own threads): its timings may be slow")
@@ -451,43 +538,29 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
             c.ratio, c.ci_lo, c.ci_hi, c.p = st["ratio"], st["ci_lo"], st["ci_hi"], st["p"]
             c.procs = (st["procs_base"], st["procs_new"])
             procs_ok = min(c.procs) >= MIN_PROCESSES
-            significant = procs_ok and c.p < alpha
             twin = _twin(base, new, k) if not hb else None
+            judged_groups = (b.groups(), n.groups(), hb)
             if twin is not None:
                 rt = process_ratio_stats(twin[0].groups(), twin[1].groups())
                 if min(rt["procs_base"], rt["procs_new"]) >= MIN_PROCESSES:
                     c.ratio_rel, c.p_rel, c.ci_lo, c.ci_hi = rt["ratio"], rt["p"], rt["ci_lo"], rt["ci_hi"]
+                    judged_groups = (twin[0].groups(), twin[1].groups(), False)
                     if c.ratio > 0 and c.ratio_rel > 0:
                         machine.append(math.log(c.ratio / c.ratio_rel))
-            basis = (f"p={c.p:.2g} over {c.procs[0]}+{c.procs[1]} processes" if procs_ok else
-                     f"{c.procs[0]}+{c.procs[1]} process(es): need >= {MIN_PROCESSES} per side to judge "
-                     f"(rnnbench run --processes {MIN_PROCESSES})")
+            if procs_ok:
+                c._t = log_diff_stats(*judged_groups)
+            rep.rows.append(c)
+            continue
         elif b.ci99 is not None and n.ci99 is not None and b.value and n.value:
             c.kind = "timed"
             c.ratio = (b.value / n.value) if hb else (n.value / b.value)
             significant = n.ci99[0] > b.ci99[1] or n.ci99[1] < b.ci99[0]
-            basis = "99% CIs " + ("apart" if significant else "overlap")
-        else:
-            rep.untested += 1
+            _verdict(c, c.ratio, significant, "99% CIs " + ("apart" if significant else "overlap"), True,
+                     same_machine, threshold, alpha)
+            rep.rows.append(c)
             continue
-        judged = c.ratio
-        if math.isfinite(c.ratio_rel):  # judged in units of the control workload timed next to every sample
-            judged, significant = c.ratio_rel, c.p_rel < alpha
-            basis = (f"per control {c.ratio_rel:.3f}, p={c.p_rel:.2g} over {c.procs[0]}+{c.procs[1]} processes; "
-                     f"raw time ratio {c.ratio:.3f}")
-        if not same_machine:
-            c.verdict, c.why = "not comparable", "different machines"
-        elif significant and (judged > threshold or judged < 1.0 / threshold):
-            c.verdict = "slower" if judged > threshold else "faster"
-            c.why = ("" if math.isfinite(c.ratio_rel) else f"ratio {c.ratio:.3f}, ") + f"{basis} (threshold {threshold:g})"
-        elif judged > threshold or judged < 1.0 / threshold:
-            c.verdict = "inconclusive"
-            c.why = (f"ratio {judged:.3f} past {threshold:g}, but " +
-                     (basis if not procs_ok else f"the processes disagree ({basis}, alpha {alpha:g})"))
-        else:
-            c.verdict = "same"
-            c.why = basis if not significant else f"significant but within {threshold:g} ({basis})"
-        rep.rows.append(c)
+        rep.untested += 1
+    _judge_timed(rep, same_machine, threshold, alpha)
     if machine and same_machine:
         speed = math.exp(float(np.median(machine)))
         if not 1 / 1.05 <= speed <= 1.05:
@@ -611,7 +684,6 @@ def write_figure(rep: Report, path: str) -> None:
     ax.set_xlabel("new / base (ratio of medians, > 1 slower; 95 % bootstrap CI)")
     ax.set_title(f"{rep.new.label} vs {rep.base.label}", fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -622,6 +694,12 @@ def cli_compare(args) -> int:
     if not (threshold > 1.0 and math.isfinite(threshold)):
         raise _usage(f"--threshold: got {threshold!r}; a ratio > 1 such as 1.10 (10 % slower fails)")
     alpha = DEFAULT_ALPHA if args.alpha is None else float(args.alpha)
+    if not 0 < alpha < 1:
+        raise _usage(f"--alpha: got {alpha!r}; a probability in (0, 1) such as 0.01")
+    from harness.measure.safe_files import check_output_path
+    for opt in ("markdown", "figure"):
+        if getattr(args, opt, None) is not None:
+            check_output_path(getattr(args, opt), f"--{opt}")
     base, new = load_any(args.base), load_any(args.new)
     if base.kind != new.kind:
         raise _usage(f"cannot compare a {base.kind} ({args.base}) with a {new.kind} ({args.new}); give two run "

@@ -166,3 +166,36 @@ def process_ratio_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequ
     a = (1 - confidence) / 2
     out["ci_lo"], out["ci_hi"] = (float(x) for x in np.nanpercentile(r, [100 * a, 100 * (1 - a)]))
     return out
+
+
+def log_diff_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequence[Sequence[float]],
+                   higher_better: bool = False) -> Tuple[float, float, int, float, float]:
+    """``(d, var, df, nb, nn)`` of the per-process log medians: d = mean(new) − mean(base), var the pooled
+    variance of one process's log value, df = nb + nn − 2 (what :func:`t_logs_p` tests), nb/nn the processes.
+    NaNs when a side has fewer than 2 processes."""
+    b = np.log([np.median(g) for g in _process_medians(base_groups, higher_better)])
+    n = np.log([np.median(g) for g in _process_medians(new_groups, higher_better)])
+    if len(b) < 2 or len(n) < 2:
+        return math.nan, math.nan, 0, float(len(b)), float(len(n))
+    df = len(b) + len(n) - 2
+    ss = ((b - b.mean()) ** 2).sum() + ((n - n.mean()) ** 2).sum()
+    return float(n.mean() - b.mean()), float(ss / df), df, float(len(b)), float(len(n))
+
+
+def process_variance_floor(variances: Sequence[float]) -> float:
+    """The typical variance of one process's log value among a backend's cases: the median of their pooled
+    variances (0 when there are none). Used as the least variance any one case's test may assume."""
+    v = np.asarray([x for x in variances if math.isfinite(x)], dtype=float)
+    return float(np.median(v)) if len(v) else 0.0
+
+
+def t_logs_p_from(d: float, var: float, df: int, nb: float, nn: float) -> float:
+    """Two-sided p of a difference ``d`` of mean log values of ``nb`` and ``nn`` processes whose per-process
+    variance is ``var`` (t distribution, ``df`` degrees of freedom). NaN when it cannot be computed."""
+    from scipy.stats import t as t_dist
+    if not (math.isfinite(d) and math.isfinite(var)) or df < 1 or nb < 1 or nn < 1:
+        return math.nan
+    se = math.sqrt(var * (1 / nb + 1 / nn))
+    if se == 0:
+        return 1.0 if d == 0 else 0.0
+    return float(2 * t_dist.sf(abs(d) / se, df))
