@@ -249,6 +249,8 @@ class BackendBase:
         x, state = self._check(spec, params, x, state)
         self.check_supported(spec, x.dtype, algorithm)
         dy, d_final_state = self._check_cotangents(spec, x, dy, d_final_state)
+        if algorithm == "rtrl":
+            check_rtrl_cost(spec, x.shape[1], x.shape[0])
         return self._vjp(spec, params, x, state, dy, d_final_state, algorithm, truncation)
 
     def hidden_grads(self, spec: CellSpec, params: Params, x, dh_T, return_cell: bool = False):
@@ -358,3 +360,18 @@ class BackendBase:
             return lambda: self._train_native(spec, native)
         return lambda: self._vjp(spec, params, x, state, dy, d_final_state, "bptt", None)
 
+
+#: Exact RTRL costs O(H^4) work per step: a request above this many GEMM FLOPs (about half an hour at 50 GFLOP/s)
+#: is refused by every backend before it starts, instead of running for hours. Raise it here to run one anyway.
+RTRL_MAX_FLOPS = 1e14
+
+
+def check_rtrl_cost(spec: CellSpec, batch: int, seq_len: int) -> None:
+    """InputError when exact RTRL of ``spec`` over ``seq_len`` steps needs more than :data:`RTRL_MAX_FLOPS`
+    (the influence-matrix update's GEMM FLOPs, :meth:`~harness.core.spec.CellSpec.rtrl_step_flops` × T)."""
+    flops = spec.rtrl_step_flops(batch) * seq_len
+    if flops > RTRL_MAX_FLOPS:
+        raise InputError(f"RTRL for {spec} with batch={batch}, T={seq_len} needs about {flops:.2g} FLOPs "
+                         f"(O(H^4) per step), more than the limit of {RTRL_MAX_FLOPS:.0e} (hours on a CPU); use "
+                         "a smaller hidden_size, batch or T, or algorithm='bptt' (the same gradient); the limit is "
+                         "implementations.base.RTRL_MAX_FLOPS")

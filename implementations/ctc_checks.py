@@ -13,6 +13,9 @@ import numpy as np
 from harness.core.errors import InputError, InputTypeError
 
 FLOAT_DTYPES = (np.float32, np.float64)
+#: Largest |logit| CTC accepts. A loss is invariant to shifting a frame's logits; beyond this a float32
+#: log-softmax has lost its precision and the backends' losses and gradients no longer agree.
+LOGIT_LIMIT = 1e4
 
 
 def _int_vector(name: str, v, B: int) -> np.ndarray:
@@ -56,6 +59,9 @@ def check_ctc_inputs(logits, targets, input_lengths, target_lengths, blank: int 
     T, B, C = x.shape
     if C < 1:
         raise InputError(f"logits: got C={C} classes; need at least 1 (the blank)")
+    if T < 1 or B < 1:
+        raise InputError(f"logits: got shape {x.shape}; CTC needs T >= 1 frames and B >= 1 sequences (an empty "
+                         "batch has no loss to compute)")
     if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)) or not 0 <= blank < C:
         raise InputError(f"blank: got {blank!r}; allowed: an integer in [0, {C}) (C={C} classes)")
     il = _int_vector("input_lengths", input_lengths, B)
@@ -102,6 +108,12 @@ def check_ctc_inputs(logits, targets, input_lengths, target_lengths, blank: int 
         t, b, k = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
         raise InputError(f"logits: batch item {b} has a non-finite value {float(x[t, b, k])} at time {t}, class {k}; "
                          "logits must be finite")
+    big = np.abs(x) > LOGIT_LIMIT
+    if big.any():
+        t, b, k = (int(i) for i in np.argwhere(big)[0])
+        raise InputError(f"logits: batch item {b} has {float(x[t, b, k]):.3g} at time {t}, class {k}; CTC takes "
+                         f"logits with |value| <= {LOGIT_LIMIT:g} (a log-softmax that far out has no precision left, "
+                         "and backends disagree about it: un-normalised activations by mistake?)")
     tg = np.where(valid, tg, 0)
     return x, tg, il, tl
 

@@ -144,8 +144,13 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert partial, "one case should have rows but no done-marker"
     assert open(os.path.join(out, records.LOCK_FILE)).read().strip() == str(proc.pid)
 
+    # The run directory names plug-ins: a resume without them on the command line refuses to import them ...
     r = subprocess.run([sys.executable, "-m", "harness", "run", "--out", out, "--resume", "--no-progress"],
                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot choose code to import" in r.stderr, r.stderr
+    # ... and resumes when they are named again
+    r = subprocess.run([sys.executable, "-m", "harness", "run", fb.SUITE_REF, "--backend", fb.FAKE, "--out", out,
+                        "--resume", "--no-progress"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "stale lock" in r.stdout
     assert f"{len(done)} case(s) already finished" in r.stdout
@@ -193,9 +198,11 @@ def test_ctrl_c_stops_cleanly_keeps_rows_and_says_how_to_resume(tmp_path):
 def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path, fake_suite, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hold = (f"import sys, time; sys.path.insert(0, {ROOT!r}); from harness.run.runner import acquire_lock; "
+            f"l = acquire_lock({str(out)!r}); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
-        (out / records.LOCK_FILE).write_text(f"{holder.pid}\n")
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UsageError, match=f"run directory in use by pid {holder.pid}"):
             run_suites([fake_suite], preset="full", backends=[fb.FAKE], out=str(out), progress=False)
         # through the CLI: exit code 2, one line
@@ -231,7 +238,7 @@ def test_existing_run_needs_resume_and_resume_keeps_settings(tmp_path, fake_suit
     with pytest.raises(UsageError, match="already holds a run; add --resume"):
         run_suites([fake_suite], preset="full", backends=[fb.FAKE], out=out, progress=False)
     with pytest.raises(UsageError, match="--seed: got 4 but the run being resumed used 3"):
-        run_suites(None, out=out, resume=True, seed=4, progress=False)
+        run_suites(None, backends=[fb.FAKE], out=out, resume=True, seed=4, progress=False)
     with pytest.raises(UsageError, match="--resume needs --out"):
         run_suites([fake_suite], resume=True)
 
@@ -313,7 +320,7 @@ def test_processes_run_in_rounds_merge_on_load_and_resume_per_process(tmp_path, 
     key = "fake/" + fb.FAKE + "/cpu/1-ok#p2"
     with open(os.path.join(out, records.ROWS_FILE), "w") as f:
         f.writelines(line for line in lines if key not in line)
-    run_suites(None, out=out, resume=True, progress=False)
+    run_suites(None, backends=[fb.FAKE], out=out, resume=True, progress=False)
     printed = capsys.readouterr().out
     assert "1 case-process(es) to run" in printed
     assert len(records.load(out)[lambda d: d.metric == "a_ms"]) == 2

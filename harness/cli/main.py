@@ -236,6 +236,11 @@ HANDLERS = {
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 is printed escaped, not crashed on
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # pragma: no cover - a replaced or closed stream
+            pass
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

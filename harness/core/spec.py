@@ -93,6 +93,19 @@ class CellSpec:
         return float(sum(d.step_flops(batch, self.layer_input_size(l), self.hidden_size) * seq_len
                          for l in range(self.num_layers)))
 
+    def rtrl_step_flops(self, batch: int) -> float:
+        """GEMM FLOPs of one exact-RTRL step: ``2·B·Gm·H·H·Qcum_l`` per layer (the influence update ``J·M``) plus
+        ``2·B·Gm·H·I_l·off_l`` for the inter-layer term of layers above the first. ``Qcum_l`` counts the
+        parameters and initial-state entries of layers <= l, ``off_l`` those below l, Gm = 2 with a cell state."""
+        H = self.hidden_size
+        S = 2 if self.is_lstm else 1
+        f, cum = 0.0, 0
+        for l in range(self.num_layers):
+            off = cum
+            cum += sum(int(np.prod(s)) for s in self.layer_shapes(l).values()) + S * H
+            f += 2.0 * batch * S * H * H * cum + 2.0 * batch * S * H * self.layer_input_size(l) * off
+        return f
+
     def deepbench_flops(self, batch: int, seq_len: int) -> float:
         """DeepBench's convention: the recurrent GEMM only, ``2·G·H²·B·T`` per layer."""
         return float(self.definition.recurrent_step_flops(batch, self.hidden_size) * seq_len * self.num_layers)

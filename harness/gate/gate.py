@@ -129,15 +129,60 @@ def code_changed(repo: str, commit: str) -> bool:
     return bool(untracked)
 
 
+#: A gate's temporary directory holds the pid of the gate that made it: a killed gate's is pruned by the next one.
+OWNER_FILE = "owner.pid"
+_TMP_PREFIX = "rnnbench-gate-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune_stale_worktrees(repo: str) -> List[str]:
+    """Remove the worktrees and temporary directories of gates that were killed (SIGKILL leaves them behind):
+    only directories named ``rnnbench-gate-*`` in the temporary directory whose ``owner.pid`` names a process
+    that no longer exists. Returns the directories removed."""
+    removed = []
+    tmp = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(tmp) if n.startswith(_TMP_PREFIX)]
+    except OSError:
+        return removed
+    for n in names:
+        d = os.path.join(tmp, n)
+        try:
+            with open(os.path.join(d, OWNER_FILE)) as f:
+                text = f.read().strip()
+        except OSError:
+            continue  # not one of ours, or one being set up this instant
+        if not text.isdigit() or _alive(int(text)) or os.path.islink(d):
+            continue
+        _git(repo, "worktree", "remove", "--force", os.path.join(d, "base"))
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    if removed:
+        _git(repo, "worktree", "prune")
+    return removed
+
+
 class Worktree:
     """``git worktree add --detach`` of a commit in a temporary directory; removed on exit."""
 
     def __init__(self, repo: str, commit: str) -> None:
         self.repo, self.commit = repo, commit
-        self.tmp = tempfile.mkdtemp(prefix="rnnbench-gate-")
+        self.tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX)
         self.path = os.path.join(self.tmp, "base")
 
     def __enter__(self) -> str:
+        prune_stale_worktrees(self.repo)
+        with open(os.path.join(self.tmp, OWNER_FILE), "w") as f:
+            f.write(f"{os.getpid()}\n")
         r = _git(self.repo, "worktree", "add", "--detach", "--force", self.path, self.commit)
         if r.returncode != 0:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -532,7 +577,9 @@ def measure(trees: Dict[str, str], backend: str, cfg: GateConfig, only: Optional
         if res.get("error"):
             if res.get("error_side") == "A":
                 raise BaseTreeError(f"the base tree {trees['A']} cannot run the gate cases: {res['error']}")
-            errors.append(f"the head tree cannot run the gate cases: {res['error']}")
+            who = "the head tree cannot run the gate cases" if res.get("error_side") == "B" else \
+                "the gate's worker failed before either tree could be blamed"
+            errors.append(f"{who}: {res['error']}")
             break
         head_skips = {r["case"]: r["reason"] for r in (res.get("skipped") or {}).get("B", [])}
         if skipped is not None and i == 0:
@@ -751,11 +798,34 @@ def config_from_args(args) -> GateConfig:
     return cfg
 
 
+def check_selection(cfg: GateConfig) -> None:
+    """The preset exists and every ``--case`` pattern selects a case of the head tree (UsageError otherwise): a
+    typo must be an error (exit 2), not a gate that measured nothing and says FAIL."""
+    from suites.base import get_suite
+    try:
+        suite = get_suite(cfg.suite)
+    except Exception as e:  # noqa: BLE001 - the head tree's own suite: a broken one is the user's to fix
+        raise _usage(f"the gate's suite {cfg.suite!r} cannot be loaded from this tree: {type(e).__name__}: {e}") from None
+    presets = tuple(getattr(suite, "presets", ()))
+    if cfg.preset not in presets:
+        raise _usage(f"--preset: got {cfg.preset!r}; allowed for the gate's suite {cfg.suite!r}: {', '.join(presets)}")
+    if cfg.patterns:  # case names do not depend on the backend: list them with the reference's
+        names = sorted({c.name for c in suite.cases(cfg.preset, ["numpy"], "cpu")})
+        missing = [p for p in cfg.patterns if not any(p in n for n in names)]
+        if missing:
+            raise _usage(f"--case: {', '.join(map(repr, missing))} selects no case of preset {cfg.preset!r}; its "
+                         f"cases: {', '.join(names)}")
+
+
 def cli_gate(args) -> int:
     """``rnnbench gate [--base REV] [--backend B] [--threshold R] [--markdown F] [--repo DIR]``."""
+    from harness.measure.safe_files import check_output_path
     cfg = config_from_args(args)
     top = repo_root(getattr(args, "repo", None) or ".")
     md = getattr(args, "markdown", None)
+    if md is not None:
+        check_output_path(md, "--markdown")  # before minutes of measuring, not after
+    check_selection(cfg)
     if getattr(args, "base", None):
         commit = resolve_rev(top, args.base)
         desc = f"{args.base} ({commit[:10]})"

@@ -23,7 +23,8 @@ import warnings
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
-from harness.core.errors import InputError
+from harness.core.errors import InputError, RunDirError, UsageError
+from harness.measure import safe_files
 
 ROWS_FILE = "rows.jsonl"
 META_FILE = "meta.json"
@@ -51,8 +52,9 @@ CASE_FIELDS = ("suite", "case", "backend", "variant", "device", "dtype", "cell",
                "input_size", "hidden_size")
 
 
-class RunDirError(ValueError):
-    """A run directory that cannot be read (missing, empty, corrupted): a usage error."""
+class RunStopped(UsageError):
+    """Writing a row failed in a way the run cannot continue from (the directory deleted or moved, a full disk):
+    the runner stops, keeps what was written and says how to go on. Exit code 2."""
 
 
 def _jsonable(v: Any) -> Any:
@@ -90,27 +92,53 @@ def make_row(fields: Dict[str, Any], metric: str, value: Optional[float], unit: 
 
 
 class RowWriter:
-    """Append-only, crash-safe writer of ``rows.jsonl``: each line is flushed and fsynced at once."""
+    """Append-only, crash-safe writer of ``rows.jsonl``: each line is flushed and fsynced at once.
+
+    The file is opened without following links (:func:`harness.measure.safe_files.open_append`). Before each
+    line the writer checks that ``rows.jsonl`` is still the file it opened: a run directory deleted or moved
+    mid-run stops the run with :class:`RunStopped` at the next row instead of writing into a file nobody sees.
+    A full disk stops it the same way.
+    """
 
     def __init__(self, run_dir: str, run_id: str) -> None:
-        os.makedirs(run_dir, exist_ok=True)
+        safe_files.ensure_run_dir(run_dir)
         self.path = os.path.join(run_dir, ROWS_FILE)
         self.run_id = run_id
+        self._f = safe_files.open_append(self.path)
         self._repair_torn_tail()
-        self._f = open(self.path, "a", encoding="utf-8")
+        st = os.fstat(self._f.fileno())
+        self._id = (st.st_dev, st.st_ino)
 
     def _repair_torn_tail(self) -> None:
         """If the file ends mid-line (a kill mid-write), end that line so the next row starts clean."""
-        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
-            with open(self.path, "rb+") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
+        fd = self._f.fileno()
+        size = os.fstat(fd).st_size
+        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+            self._f.write("\n")
+            self._f.flush()
+
+    def _still_there(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._id:
+            raise RunStopped(f"{self.path} was deleted or moved while the run was going; the run stopped "
+                             "(rows written before that are in the moved file, if it still exists)")
 
     def _write_line(self, obj: Dict[str, Any]) -> None:
-        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._still_there()
+        try:
+            self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            import errno
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RunStopped(f"no space left on the device while writing {self.path}; the run stopped and "
+                                 "everything written before is kept: free some space, then resume with "
+                                 "--resume") from None
+            raise RunStopped(f"cannot write {self.path}: {e.strerror or e}; the run stopped") from None
 
     def write(self, row: Dict[str, Any]) -> None:
         out = {"run_id": self.run_id}
@@ -121,7 +149,10 @@ class RowWriter:
         self._write_line({"_case_done": case_key, "attempt": int(attempt)})
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # the last flush on a full disk: what could be written is written
+            pass
 
     def __enter__(self) -> "RowWriter":
         return self
@@ -131,32 +162,94 @@ class RowWriter:
 
 
 def iter_lines(run_dir: str) -> Iterator[Tuple[int, Optional[dict]]]:
-    """(line number, parsed object or None if unparseable) for every non-empty line of rows.jsonl."""
+    """(line number, parsed object or None if unusable) for every non-empty line of rows.jsonl.
+
+    Unusable: not UTF-8, not JSON, or JSON that is not a row object (see :func:`_valid_line`)."""
     path = os.path.join(run_dir, ROWS_FILE)
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.strip()
+    safe_files.check_readable_file(path)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                yield i, None
+                continue
             if not line:
                 continue
             try:
-                yield i, json.loads(line)
-            except json.JSONDecodeError:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 yield i, None
+                continue
+            yield i, obj if _valid_line(obj) else None
+
+
+def _valid_line(obj: Any) -> bool:
+    """A done-marker ``{"_case_done": str, "attempt": int}`` or a row whose typed fields have their types:
+    ``case_key`` str or absent, ``attempt`` int, ``extra`` an object, ``samples`` a list of numbers, ``value``
+    a number, the text fields text. Anything else is a bad line (reported by number, never half-read)."""
+    if not isinstance(obj, dict):
+        return False
+    att = obj.get("attempt", 0)
+    if att is not None and (isinstance(att, bool) or not isinstance(att, int)):
+        return False
+    if "_case_done" in obj:
+        return isinstance(obj["_case_done"], str)
+    if obj.get("case_key") is not None and not isinstance(obj["case_key"], str):
+        return False
+    if not isinstance(obj.get("metric"), str):  # every row measures something
+        return False
+    extra = obj.get("extra")
+    if extra is not None and not isinstance(extra, dict):
+        return False
+    for k in ("process", "processes"):  # the runner's process index and count: merging relies on them
+        if extra and k in extra and (isinstance(extra[k], bool) or not isinstance(extra[k], int)):
+            return False
+    v = obj.get("value")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        return False
+    smp = obj.get("samples")
+    if smp is not None and not (isinstance(smp, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                             for x in smp)):
+        return False
+    for k in ("metric", "unit", "status", "reason", "suite", "case", "backend", "variant", "device", "dtype", "cell"):
+        if obj.get(k) is not None and not isinstance(obj[k], str):
+            return False
+    for k in ("n", "layers", "batch", "seq_len", "input_size", "hidden_size"):
+        if obj.get(k) is not None and (isinstance(obj[k], bool) or not isinstance(obj[k], (int, float))):
+            return False
+    for k in ("q25", "q75"):
+        if obj.get(k) is not None and (isinstance(obj[k], bool) or not isinstance(obj[k], (int, float))):
+            return False
+    if obj.get("status") is not None and obj["status"] not in STATUSES:
+        return False
+    return True
 
 
 def scan(run_dir: str) -> Tuple[List[dict], Dict[str, int], Set[str], List[int]]:
-    """Read a run: (rows, latest attempt per case, finished case keys, bad line numbers)."""
+    """Read a run: (rows, latest attempt per case, finished case keys, bad line numbers).
+
+    A line repeated word for word (a copied or concatenated file) counts once."""
     rows: List[dict] = []
     latest: Dict[str, int] = {}
     done: Set[str] = set()
     bad: List[int] = []
+    seen: Set[str] = set()
     for i, obj in iter_lines(run_dir):
-        if obj is None or not isinstance(obj, dict):
+        if obj is None:
             bad.append(i)
             continue
         if "_case_done" in obj:
             done.add(obj["_case_done"])
             continue
+        ident = json.dumps(obj, sort_keys=True)
+        if ident in seen:
+            continue
+        seen.add(ident)
         key, att = obj.get("case_key"), int(obj.get("attempt") or 0)
         if key is not None:
             latest[key] = max(latest.get(key, 0), att)
@@ -197,7 +290,7 @@ def merge_processes(rows: List[dict]) -> List[dict]:
     seen: Dict[Tuple, int] = {}
     for r in rows:
         extra = r.get("extra") or {}
-        if "process" not in extra:
+        if not isinstance(extra.get("process"), int) or isinstance(extra.get("process"), bool):
             order.append(r)
             continue
         ident = (base_case_key(r.get("case_key")), r.get("metric"), *(r.get(k) for k in CASE_FIELDS),
@@ -285,7 +378,7 @@ def load(run_dir: str, merge: bool = True):
         flat.append(d)
     df = pd.DataFrame(flat, columns=None if flat else list(COLUMNS) + ["complete"])
     df.attrs["bad_lines"] = bad
-    df.attrs["meta"] = read_meta(run_dir)
+    df.attrs["meta"], df.attrs["meta_dropped"] = clean_meta(read_meta(run_dir))
     df.attrs["run_dir"] = run_dir
     return df
 
@@ -356,7 +449,8 @@ def machine_info() -> Dict[str, Any]:
 
 def machine_key(meta: Dict[str, Any]) -> str:
     """A short key that says whether two runs come from comparable machines."""
-    m = meta.get("machine", {})
+    m = meta.get("machine") if isinstance(meta, dict) else None
+    m = m if isinstance(m, dict) else {}
     return f"{m.get('cpu')}|{m.get('cores')}|{m.get('gpu_name', '-')}"
 
 
@@ -389,25 +483,64 @@ def collect_meta(**fields: Any) -> Dict[str, Any]:
 
 
 def write_meta(run_dir: str, meta: Dict[str, Any]) -> None:
-    """Atomically (write + rename) store meta.json."""
-    os.makedirs(run_dir, exist_ok=True)
-    tmp = os.path.join(run_dir, META_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(meta), f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(run_dir, META_FILE))
+    """Store meta.json atomically (an exclusive temporary file + rename; never through a link)."""
+    safe_files.ensure_run_dir(run_dir)
+    text = json.dumps(_jsonable(meta), indent=2, sort_keys=True)
+    try:
+        safe_files.write_atomic(os.path.join(run_dir, META_FILE), text)
+    except OSError as e:
+        raise RunStopped(f"cannot write {os.path.join(run_dir, META_FILE)}: {e.strerror or e}") from None
 
 
 def read_meta(run_dir: str) -> Dict[str, Any]:
+    """meta.json as a dict ({} when there is none); :class:`RunDirError` when it is not a JSON object."""
     path = os.path.join(run_dir, META_FILE)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return {}
+    safe_files.check_readable_file(path)
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, OSError) as e:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as e:
         raise RunDirError(f"{path}: unreadable meta.json ({e})") from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{path}: meta.json holds a JSON {type(meta).__name__}; expected an object")
+    return meta
+
+
+#: meta.json fields and the JSON types they must have for the readers (report, compare) to use them.
+META_TYPES: Dict[str, Tuple[type, ...]] = {
+    **{k: (dict,) for k in ("machine", "versions", "backend_versions", "backend_capabilities", "counts",
+                            "unavailable_backends", "requested_unavailable", "thread_settings")},
+    **{k: (str,) for k in ("run_id", "preset", "device", "git_commit", "start_time", "end_time", "status")},
+    **{k: (list,) for k in ("suites", "backends", "argv", "resumed")},
+    **{k: (int,) for k in ("threads", "seed", "processes", "cases")},
+    **{k: (int, float) for k in ("timeout_s", "budget_s")},
+}
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def clean_meta(meta: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """(meta with every field of the wrong type left out, the names left out): what readers of a run directory
+    that may come from anyone use, so that no field of a crafted or damaged meta.json can make them fail."""
+    out: Dict[str, Any] = {}
+    dropped: List[str] = []
+    for k, v in meta.items():
+        want = META_TYPES.get(k)
+        if want is not None and (not isinstance(v, want) or isinstance(v, bool)):
+            dropped.append(k)
+            continue
+        if k in ("machine", "versions", "counts", "unavailable_backends", "requested_unavailable"):
+            v = {str(a): b for a, b in v.items() if _scalar(b)}
+        elif k in ("backend_versions", "backend_capabilities"):
+            v = {str(a): b for a, b in v.items() if isinstance(b, dict)}
+        elif k in ("suites", "backends", "argv"):
+            v = [str(x) for x in v if _scalar(x)]
+        out[k] = v
+    return out, dropped
 
 
 def finite_or_none(x: Optional[float]) -> Optional[float]:

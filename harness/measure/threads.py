@@ -25,8 +25,10 @@ def check_threads(n: Optional[int]) -> int:
     """``n`` validated (None: all cores this process may use). ValueError names the argument otherwise."""
     if n is None:
         return cpu_count()
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"--threads: got {n!r}; expected an integer >= 1 (this machine has {cpu_count()} cores)")
+    cores = cpu_count()
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= cores:
+        raise InputError(f"--threads: got {n!r}; expected an integer from 1 to {cores} (the cores this process may "
+                         "use: more threads than cores only make the timings contend with each other)")
     return n
 
 

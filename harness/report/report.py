@@ -31,7 +31,6 @@ import datetime as _dt
 import html
 import importlib
 import importlib.util
-import io
 import os
 import re
 import warnings
@@ -39,6 +38,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from harness.core.errors import UsageError
 from harness.measure.format import md_table, si  # noqa: F401 - used by sections of old
+from harness.measure import safe_files
 from harness.measure.records import portable_path
 
 REPORT_MD = "report.md"
@@ -66,8 +66,11 @@ nav#toc ul{margin:0.2em 0;padding-left:1.2em} nav#toc summary{font-weight:bold;c
 box-sizing:border-box;border-width:0 1px 0 0}}
 """
 
-#: Link targets allowed in the HTML: anchors, relative paths, http(s). Images: relative paths only.
-_SCHEME = re.compile(r"^\s*([a-zA-Z][a-zA-Z0-9+.-]*):")
+#: Link targets allowed in the HTML (a whitelist: anything else, e.g. ``javascript:`` behind a control character
+#: that a browser strips, is shown as text): anchors, http(s) URLs, and relative paths of plain characters.
+#: Images: relative paths of plain characters below the report (figures/...), nothing else.
+_HREF = re.compile(r"^(#[\w.-]*|https?://[\w.~:/?#@!$&;=%+,-]+|[\w][\w./#-]*)$")
+_SRC = re.compile(r"^[\w][\w./-]*\.(png|svg|jpe?g|gif)$")
 
 
 def _attr(text: str) -> str:
@@ -76,16 +79,11 @@ def _attr(text: str) -> str:
 
 
 def _safe_href(url: str) -> Optional[str]:
-    m = _SCHEME.match(url)
-    if m and m.group(1).lower() not in ("http", "https"):
-        return None
-    return _attr(url)
+    return _attr(url) if _HREF.match(url) else None
 
 
 def _safe_src(url: str) -> Optional[str]:
-    if _SCHEME.match(url) or url.startswith("//"):
-        return None
-    return _attr(url)
+    return _attr(url) if _SRC.match(url) and ".." not in url.split("/") else None
 
 
 def _img(m) -> str:
@@ -637,8 +635,15 @@ def write_report(run_dir: str, baseline: str = "torch", suites: Sequence[Any] = 
     meta = df.attrs.get("meta") or {}
     plugins = {getattr(s, "name", None): s for s in suites}
     fig_dir = os.path.join(run_dir, FIG_DIR)
-    os.makedirs(fig_dir, exist_ok=True)
-    run_id = meta.get("run_id") or (df["run_id"].dropna().iloc[0] if "run_id" in df and df["run_id"].notna().any()
+    # Before anything is drawn: the outputs must be writable, and nothing planted there may be followed.
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"{run_dir} is not writable: the report is written into the run directory (copy the "
+                         "directory somewhere writable and report on the copy)")
+    for name in (REPORT_MD, REPORT_HTML):
+        safe_files.check_target(os.path.join(run_dir, name))
+    safe_files.safe_dir(fig_dir)
+    run_id = meta.get("run_id") if isinstance(meta.get("run_id"), str) else None
+    run_id = run_id or (df["run_id"].dropna().iloc[0] if "run_id" in df and df["run_id"].notna().any()
                                     else os.path.basename(os.path.abspath(run_dir)))
     order = _suite_order(df["suite"].dropna().unique())
     opts = dict(baseline=baseline, run_dir=run_dir, meta=meta)
@@ -655,16 +660,9 @@ def write_report(run_dir: str, baseline: str = "torch", suites: Sequence[Any] = 
             parts += ["", tail]
     md = "\n".join(parts).rstrip() + "\n"
     md_path = os.path.join(run_dir, REPORT_MD)
-    _write_atomic(md_path, md)
-    _write_atomic(os.path.join(run_dir, REPORT_HTML), markdown_to_html(md, title=f"rnnbench report: {run_id}"))
+    safe_files.write_atomic(md_path, md)
+    safe_files.write_atomic(os.path.join(run_dir, REPORT_HTML), markdown_to_html(md, title=f"rnnbench report: {run_id}"))
     return md_path
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with io.open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def cli_report(args) -> int:

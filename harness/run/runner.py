@@ -11,8 +11,8 @@
   ``extra``. Then the run goes on, with a fresh worker where the old one was lost.
 - Resume: finished cases (those with a done-marker in ``rows.jsonl``) are skipped; the others are re-run with
   ``attempt + 1``, and :func:`harness.measure.records.load` keeps only the latest attempt of each case.
-- One run per directory: ``DIR/.lock`` holds the owner's pid (created with ``O_EXCL``); a live owner makes a
-  second run refuse, a dead one's lock is taken over.
+- One run per directory: ``DIR/.lock`` is held with ``fcntl.flock`` for the whole run and holds the owner's pid;
+  a second run refuses and names it; the kernel drops a killed run's lock, so none is ever stale.
 - Ctrl-C (or SIGTERM) kills the worker, keeps everything written, prints how to resume; exit code 130.
 
 Processes: a suite that times things declares ``processes`` (a number, or a dict preset -> number); each of
@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import importlib
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -44,8 +45,9 @@ import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.core.errors import InputTypeError, UsageError
-from harness.measure.records import (LOCK_FILE, ROWS_FILE, RowWriter, collect_meta, merge_processes, portable_argv,
-                                    read_meta, scan, write_meta)
+from harness.measure import safe_files
+from harness.measure.records import (LOCK_FILE, ROWS_FILE, RowWriter, RunStopped, collect_meta, merge_processes,
+                                    portable_argv, read_meta, scan, write_meta)
 
 #: Per-case time limit (seconds) by preset when neither --timeout, the case nor the suite says otherwise.
 DEFAULT_TIMEOUT_S = {"smoke": 300.0, "quick": 900.0, "full": 3600.0}
@@ -162,55 +164,76 @@ def prepare_out(out: str) -> str:
     return out
 
 
-def _pid_alive(pid: int) -> bool:
+class RunLock:
+    """``DIR/.lock`` held with a kernel lock (``fcntl.flock``) for the whole run: two runs can never both hold it,
+    and a killed run's lock goes with its process (the kernel drops it), so nothing is ever stale. The file
+    holds the owner's pid, for the message a second run gets."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def __fspath__(self) -> str:  # callers that want the path (tests, messages)
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def _read_pid(fd: int) -> Optional[int]:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed but not yet reaped process is a zombie: it holds nothing any more
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
-def acquire_lock(run_dir: str, log=print) -> str:
-    """Create ``run_dir/.lock`` holding our pid; refuse if a live process holds it; take over a stale one."""
+def acquire_lock(run_dir: str, log=print) -> RunLock:
+    """Take ``run_dir/.lock`` (see :class:`RunLock`); UsageError naming the owner's pid when a run holds it."""
+    import fcntl
+
     path = os.path.join(run_dir, LOCK_FILE)
-    for _ in range(5):
+    for _ in range(10):
+        safe_files.check_target(path)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    text = f.read().strip()
-            except FileNotFoundError:
-                continue
-            pid = int(text) if text.isdigit() else None
-            if pid is not None and pid != os.getpid() and _pid_alive(pid):
-                raise UsageError(f"run directory in use by pid {pid} ({path}); wait for it or choose another --out")
-            log(f"taking over the stale lock of {'pid ' + str(pid) if pid else 'an unknown process'} "
-                f"(no longer running): {path}")
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise UsageError(f"cannot open the lock {path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise UsageError(f"run directory in use by {'pid ' + str(pid) if pid else 'another run'} ({path}); "
+                             "wait for it or choose another --out") from None
+        # The lock holds the inode we opened; a run that just released it may have unlinked that inode (and a
+        # third may hold a new one): only a lock on the file that is at the path now counts.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        return path
-    raise UsageError(f"could not lock {path}: another process keeps taking it")
+        old = _read_pid(fd)
+        if old and old != os.getpid():
+            log(f"taking over the stale lock of pid {old} (no longer running): {path}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return RunLock(path, fd)
+    raise UsageError(f"could not lock {path}: other runs keep taking it")
 
 
-def release_lock(path: str) -> None:
-    """Remove the lock if it is still ours."""
+def release_lock(lock: RunLock) -> None:
+    """Remove the lock file and drop the kernel lock (unlink first: a run waiting for it then sees a new file)."""
+    import fcntl
+
     try:
-        with open(path) as f:
-            if f.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
+        os.unlink(lock.path)
+    except OSError:
+        pass
+    try:
+        fcntl.flock(lock.fd, fcntl.LOCK_UN)
+        os.close(lock.fd)
     except OSError:
         pass
 
@@ -435,13 +458,38 @@ def _resolve_settings(resume: bool, meta: Dict[str, Any], **given: Any) -> Dict[
     out = dict(given)
     if not (resume and meta):
         return out
-    for k in ("suites", "backends", "preset", "device", "threads", "seed", "processes"):
+    kinds = {"suites": "list", "backends": "list", "preset": "str", "device": "str", "threads": "int", "seed": "int",
+             "processes": "int"}
+    for k, kind in kinds.items():
+        v = meta.get(k)
+        ok = (v is None or (kind == "list" and isinstance(v, list) and all(isinstance(x, str) for x in v))
+              or (kind == "str" and isinstance(v, str)) or (kind == "int" and isinstance(v, int) and not isinstance(v, bool)))
+        if not ok:
+            raise UsageError(f"--resume: meta.json's {k!r} is {v!r}; expected {'a list of names' if kind == 'list' else 'a ' + kind}"
+                             " (a damaged or hand-edited run directory: name the option on the command line, or start "
+                             "a new run)")
+    for k in kinds:
         if out.get(k) is None:
             out[k] = meta.get(k)
         elif k in ("preset", "device", "threads", "seed", "processes") and meta.get(k) is not None and out[k] != meta[k]:
             raise UsageError(f"--{k}: got {out[k]!r} but the run being resumed used {meta[k]!r}; "
                              "a resumed run keeps its settings (leave the option out)")
     return out
+
+
+def _refuse_plugins_from_meta(meta: Dict[str, Any], suite_names, backends) -> None:
+    """A run directory never chooses code to import: plug-in suites (``module:ATTR``) and backends
+    (``module:Class``) that meta.json names are used on resume only when the command line names them again."""
+    for key, given, what in (("suites", suite_names, "suite"), ("backends", backends, "backend")):
+        listed = meta.get(key)
+        if given or not isinstance(listed, list):
+            continue
+        plugins = [str(x) for x in listed if not isinstance(x, str) or ":" in x]
+        if plugins:
+            raise UsageError(f"--resume: the run directory names plug-in {what}(s) {', '.join(map(repr, plugins))}; "
+                             f"a run directory cannot choose code to import: name the {what}s on the command line "
+                             f"again if you trust them (rnnbench run {'SUITE ...' if what == 'suite' else '--backend B'} "
+                             "--out DIR --resume)")
 
 
 def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str] = None,
@@ -477,12 +525,19 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
     from implementations.base import DEVICES
     from suites import base as suite_base
 
+    if out is not None and (not isinstance(out, str) or not out.strip()):
+        raise UsageError(f"--out: got {out!r}; expected a directory path")
     if out is not None and resume:
         if os.path.exists(out) and not os.path.isdir(out):
             raise UsageError(f"--out: {out!r} exists and is not a directory")
-    meta_old = read_meta(out) if (resume and out and os.path.isdir(out)) else {}
     if resume and out is None:
         raise UsageError("--resume needs --out DIR (the run to finish)")
+    meta_old = read_meta(out) if (resume and os.path.isdir(out)) else {}
+    if resume and not meta_old and os.path.isfile(os.path.join(out, ROWS_FILE)) and (not suite_names or not preset):
+        raise UsageError(f"--resume: {out} has rows but no meta.json, so which preset and suites it ran is unknown; "
+                         "name them (rnnbench run SUITE ... --preset NAME --out DIR --resume) to resume it")
+    if resume and meta_old:
+        _refuse_plugins_from_meta(meta_old, suite_names, backends)
     s = _resolve_settings(resume, meta_old, suites=list(suite_names) if suite_names else None,
                           backends=list(backends) if backends else None, preset=preset, device=device,
                           threads=threads, seed=seed, processes=processes)
@@ -493,8 +548,8 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
     preset = s["preset"] or DEFAULT_PRESET
     device = s["device"] or "cpu"
     seed = DEFAULT_SEED if s["seed"] is None else s["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UsageError(f"--seed: got {seed!r}; expected an integer")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise UsageError(f"--seed: got {seed!r}; expected an integer from 0 to 2**32 - 1")
     try:
         threads = th.check_threads(s["threads"])
     except ValueError as e:
@@ -502,8 +557,9 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
     if device not in DEVICES:
         raise UsageError(f"--device: got {device!r}; allowed: {', '.join(DEVICES)}")
     for name, v in (("--timeout", timeout), ("--budget", budget)):
-        if v is not None and not (isinstance(v, (int, float)) and v > 0):
-            raise UsageError(f"{name}: got {v!r}; expected a number of seconds > 0")
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  and v > 0):
+            raise UsageError(f"{name}: got {v!r}; expected a finite number of seconds > 0")
 
     from harness.core import cells
     try:
@@ -571,7 +627,8 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if meta_old:
-        meta = dict(meta_old)
+        from harness.measure.records import clean_meta
+        meta = clean_meta(meta_old)[0]  # a field of the wrong type is dropped, not crashed on
         meta.setdefault("resumed", []).append({"time": now, "argv": portable_argv(argv or sys.argv)})
         meta.pop("end_time", None)
         meta.setdefault("run_id", f"{_utc_stamp()}-{preset}")
@@ -613,7 +670,7 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
     old_env = th.set_process_env(threads)  # inherited by the spawned workers before they import anything
     mp = multiprocessing.get_context("spawn")
     worker: Optional[_Worker] = None
-    interrupted = False
+    interrupted = stopped = False
     prev_term = None
     if threading.current_thread() is threading.main_thread():
         prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -693,6 +750,9 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
     except KeyboardInterrupt:
         interrupted = True
         raise
+    except RunStopped:  # the directory vanished or the disk is full: stop, keep what is written
+        interrupted = stopped = True
+        raise
     finally:
         if worker is not None:
             worker.kill()
@@ -704,19 +764,31 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
         th.restore_env(old_env)
         if prev_term is not None:
             signal.signal(signal.SIGTERM, prev_term)
-        counts = _counts(out)
+        gone = not os.path.isfile(os.path.join(out, ROWS_FILE))
+        counts = {} if gone else _counts(out)
         meta["end_time"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         meta["counts"] = counts
         meta["requested_unavailable"] = {**(meta.get("requested_unavailable") or {}), **{b: probes[(b, device)].reason for b in backends
                                          if (b, device) in probes and not probes[(b, device)].available}}
         meta["cases"] = len(cases)
         meta["status"] = "interrupted" if interrupted else "complete"
-        write_meta(out, meta)
-        if interrupted:
+        if not gone:  # never re-create a directory that was deleted under the run
+            try:
+                write_meta(out, meta)
+            except (RunStopped, OSError):
+                if not stopped:
+                    raise
+        if interrupted and not gone:
             print(f"\ninterrupted: everything finished so far is kept in {out}\n"
-                  f"resume with: rnnbench run --out {out} --resume", file=sys.stderr, flush=True)
+                  f"resume with: {resume_command(out)}", file=sys.stderr, flush=True)
     _print_summary(out, len(cases), finished_cases, counts, next_hint)
     return out
+
+
+def resume_command(out: str) -> str:
+    """The command that resumes the run in ``out`` (the path quoted for a shell)."""
+    import shlex
+    return f"rnnbench run --out {shlex.quote(out)} --resume"
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM (CI cancel) stops as cleanly as Ctrl-C
@@ -745,7 +817,8 @@ def _stamp(row: Dict[str, Any], case, attempt: int, threads: int, process: int =
 def run_problems(run_dir: str) -> List[str]:
     """What makes a finished run a failure for CI (``rnnbench run`` exits 1): failed rows (a correctness
     check, a crash, a timeout, out of memory) and backends that were asked for but could not run."""
-    meta = read_meta(run_dir)
+    from harness.measure.records import clean_meta
+    meta, _ = clean_meta(read_meta(run_dir))
     counts = meta.get("counts") or _counts(run_dir)
     out = [f"{counts[s]} row(s) {s}" for s in ("error", "oom", "timeout") if counts.get(s)]
     for b, why in (meta.get("requested_unavailable") or {}).items():
@@ -761,4 +834,5 @@ def _print_summary(out: str, ncases: int, nresumed: int, counts: Dict[str, int],
           + f"; rows: {', '.join(parts) or 'none'}")
     print(f"run directory: {out}")
     if next_hint:
-        print(f"next: rnnbench report {out}")
+        import shlex
+        print(f"next: rnnbench report {shlex.quote(out)}")

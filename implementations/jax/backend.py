@@ -354,6 +354,11 @@ class JaxBackend(BackendBase):
         n = int(n)
         from jax._src import xla_bridge
         if xla_bridge.backends_are_initialized():
+            eigen_off = "--xla_cpu_multi_thread_eigen=false" in os.environ.get("XLA_FLAGS", "").split()
+            if os.environ.get("PJRT_NPROC") == str(n) and eigen_off == (n == 1):
+                # Already what JAX started with (a second JAX backend in the same worker): nothing to warn about.
+                self.threads_note = f"PJRT_NPROC={n}" + (", eigen single-threaded" if n == 1 else "")
+                return
             self.threads_note = (f"requested {n}, not applied: JAX backends were already initialised "
                                  f"(PJRT_NPROC={os.environ.get('PJRT_NPROC', 'unset')})")
             warnings.warn(f"JaxBackend.set_threads({n}): {self.threads_note}; set threads in a fresh process "

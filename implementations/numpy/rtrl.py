@@ -134,15 +134,8 @@ def rtrl_memory(spec: CellSpec, batch: int, dtype="float64") -> Dict[str, int]:
 
 
 def rtrl_flops_per_step(spec: CellSpec, batch: int) -> float:
-    """GEMM FLOPs of one RTRL step: ``2·B·Gm·H·H·Qcum_l`` per layer (the ``J·M`` update) plus
-    ``2·B·Gm·H·I_l·off_l`` for the inter-layer term of layers above the first."""
-    lay = _Layout(spec)
-    H = spec.hidden_size
-    f = 0.0
-    for l in range(spec.num_layers):
-        f += 2.0 * batch * lay.Gm * H * H * lay.cum[l]
-        f += 2.0 * batch * lay.Gm * H * spec.layer_input_size(l) * lay.off[l]
-    return f
+    """GEMM FLOPs of one RTRL step (see :meth:`harness.core.spec.CellSpec.rtrl_step_flops`)."""
+    return spec.rtrl_step_flops(batch)
 
 
 def check_memory(spec: CellSpec, batch: int, dtype) -> None:

@@ -16,6 +16,7 @@ from typing import Any, List
 
 import numpy as np
 
+from harness.measure import safe_files
 from harness.measure.format import md_table
 from suites.report_util import link, readable_log_axes, sci, short
 
@@ -149,8 +150,7 @@ def _timing(d, fig_dir: str, backends: List[str]) -> List[str]:
         ax.set_title("CTC loss + gradient")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        os.makedirs(fig_dir, exist_ok=True)
-        fig.savefig(os.path.join(fig_dir, "ctc_timing.png"), dpi=110)
+        safe_files.save_figure(fig, fig_dir, "ctc_timing.png", dpi=110)
         plt.close(fig)
         out += ["", "![CTC timing](figures/ctc_timing.png)"]
     except Exception as e:  # noqa: BLE001 - a figure failure must not cost the tables

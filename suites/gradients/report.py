@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from harness.measure import safe_files
 from harness.measure.format import md_table
 from suites.report_util import link, readable_log_axes, sci, short
 
@@ -139,9 +140,7 @@ def _plt():
 
 
 def _save(fig, fig_dir: str, name: str) -> str:
-    os.makedirs(fig_dir, exist_ok=True)
-    path = os.path.join(fig_dir, name)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    safe_files.save_figure(fig, fig_dir, name, dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return name
 

@@ -20,6 +20,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from harness.measure import safe_files
 from suites.report_util import link, readable_log_axes
 
 #: Headings of the section (the findings link to them).
@@ -41,8 +42,7 @@ def _plt():
 
 
 def _save(fig, fig_dir: str, name: str) -> str:
-    os.makedirs(fig_dir, exist_ok=True)
-    fig.savefig(os.path.join(fig_dir, name), dpi=110, bbox_inches="tight")
+    safe_files.save_figure(fig, fig_dir, name, dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return f"figures/{name}"
 

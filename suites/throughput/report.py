@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from harness.measure import safe_files
 from harness.measure.format import md_table, si
 from suites.report_util import link, readable_log_axes
 
@@ -402,8 +403,7 @@ def _sweep_figure(df, var, fixed_cols, xlabel, name, fig_dir, colors) -> Optiona
     dtypes = ", ".join(sorted(map(str, df["dtype"].dropna().unique())))
     fig.suptitle(f"Throughput vs {what} (median; band: q25–q75 of the repeats; {dtypes})", fontsize=12)
     fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 0.96))
-    path = os.path.join(fig_dir, name + ".png")
-    fig.savefig(path, dpi=110)
+    path = safe_files.save_figure(fig, fig_dir, name + ".png", dpi=110)
     plt.close(fig)
     return path
 
@@ -454,8 +454,7 @@ def _efficiency_figure(df, fig_dir, colors) -> Optional[str]:
     fig.suptitle("Efficiency: achieved model GFLOP/s / ceiling GFLOP/s (same framework, dtype, run)\n"
                  "error bars: q25–q75; hatched: ceiling beaten, a defect", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 0.88))
-    path = os.path.join(fig_dir, "efficiency.png")
-    fig.savefig(path, dpi=110)
+    path = safe_files.save_figure(fig, fig_dir, "efficiency.png", dpi=110)
     plt.close(fig)
     return path
 
@@ -489,7 +488,7 @@ def section(df, fig_dir: str, baseline: str = "torch", **opts: Any) -> str:
     out += [""] + _efficiency_tables(df, backends)
     out += [""] + _compile_table(df, backends)
 
-    os.makedirs(fig_dir, exist_ok=True)
+    safe_files.safe_dir(fig_dir)
     colors = _colors(backends)
     figs = []
     for var, fixed, xlabel, name in SWEEPS:
