@@ -57,8 +57,12 @@ from harness.measure.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MIN_PROC
 
 DEFAULT_THRESHOLD = 1.10
 DEFAULT_ALPHA = 0.01
-#: A backend needs this many timed cases in a comparison to estimate its own typical process scatter.
+#: A framework family needs this many timed cases in a comparison to estimate its own typical process scatter.
 SCATTER_MIN_CASES = 4
+#: Which quantile of the family's per-case process variances is the least variance a case's test may assume.
+#: The upper quartile rather than the median: a torch or JAX process's time has a heavy tail, and a floor at
+#: the median let three processes that happened to agree fake a slowdown in about 1 A/A pair in 20.
+SCATTER_QUANTILE = 0.75
 #: Load average beyond a run's own threads above which compare says the run shared the machine.
 FOREIGN_LOAD_NOTE = 0.75
 
@@ -150,6 +154,11 @@ class ResultSet:
     bad_lines: int = 0  # unreadable lines of rows.jsonl (torn, garbage), left out
     unfinished: int = 0  # measurements of cases that never finished (an interrupted run)
     seed: Optional[int] = None
+    families: Dict[str, str] = field(default_factory=dict)  # "backend@device" -> its framework family
+
+    def family(self, backend: Any, device: Any) -> str:
+        """The framework family a backend declared (its worker's runtime: torch, jax, ...), else its name."""
+        return self.families.get(f"{backend}@{device}") or str(backend)
 
 
 def _usage(msg: str):
@@ -213,7 +222,17 @@ def load_run(path: str) -> ResultSet:
     unfinished = int((~df["complete"].astype(bool)).sum()) if "complete" in df.columns and len(df) else 0
     return ResultSet(path, "run", entries, machine_key(meta) if meta else "unknown", meta.get("preset"),
                      str(meta.get("run_id") or os.path.basename(os.path.normpath(path))), foreign,
-                     bad_lines=len(df.attrs.get("bad_lines") or []), unfinished=unfinished, seed=meta.get("seed"))
+                     bad_lines=len(df.attrs.get("bad_lines") or []), unfinished=unfinished, seed=meta.get("seed"),
+                     families=_families(meta))
+
+
+def _families(meta: Dict[str, Any]) -> Dict[str, str]:
+    """``backend@device`` -> family, from the capabilities a run recorded (anything malformed left out)."""
+    caps = meta.get("backend_capabilities")
+    if not isinstance(caps, dict):
+        return {}
+    return {k: v["family"] for k, v in caps.items()
+            if isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("family"), str) and v["family"]}
 
 
 def _asv_units(path: str) -> Dict[str, str]:
@@ -416,21 +435,26 @@ def _judge_timed(rep: "Report", same_machine: bool, threshold: float, alpha: flo
     """Verdicts of the timed comparisons of two run directories.
 
     Each is judged on its per-control ratio when it has one (else the raw one): a t-test over the processes whose
-    variance is at least the *typical process variance of its backend* in this comparison (the median over the
-    backend's cases). Three processes that agree by chance are not believed more than the backend's processes
-    usually agree: on a shared machine a torch or JAX case's processes scatter by 10-40 % with a heavy tail, and
-    three of them landing close together on each side, a mode apart, is common enough to fake a slowdown. The
-    NumPy reference's processes agree to about 1-2 %, so its floor is low and a small change still shows. A
-    backend with fewer than :data:`SCATTER_MIN_CASES` cases in the comparison takes the median over all cases.
+    variance is at least the *typical process variance of its framework family* in this comparison (the upper
+    quartile over the family's cases, :data:`SCATTER_QUANTILE`). A few processes that agree by chance are not
+    believed more than the family's processes usually agree: on a shared machine a torch or JAX case's processes
+    scatter by 10-40 % with a heavy tail, and the processes of one side landing close together, a mode apart from
+    the other side's, is common enough to fake a slowdown. The family (the runtime a backend's worker shares:
+    torch, torch-cell and torch-compile are one) rather than the backend, because the scatter comes from the
+    runtime (its thread pool, allocator, JIT) and a variant with only a case or two cannot estimate its own. The
+    NumPy reference's processes agree to about 1-3 %, so its floor is low and a small change still shows. A family
+    with fewer than :data:`SCATTER_MIN_CASES` cases in the comparison takes the quantile over all cases.
     """
     groups: Dict[Tuple, List[Comparison]] = {}
     for c in rep.rows:
         if c.kind == "timed" and c._t is not None and not c.verdict.startswith("not"):
-            groups.setdefault((c.label.get("suite"), c.label.get("backend"), c.label.get("device")), []).append(c)
+            b, dev = c.label.get("backend"), c.label.get("device")
+            fam = rep.base.family(b, dev) if f"{b}@{dev}" in rep.base.families else rep.new.family(b, dev)
+            groups.setdefault((c.label.get("suite"), fam, dev), []).append(c)
     everything = [c for items in groups.values() for c in items]
     for items in groups.values():
         pool = items if len(items) >= SCATTER_MIN_CASES else everything
-        floor = process_variance_floor([c._t[1] for c in pool])
+        floor = process_variance_floor([c._t[1] for c in pool], SCATTER_QUANTILE)
         for c in items:
             d, var, df, nb, nn = c._t
             v = max(var, floor) if math.isfinite(var) else var
@@ -442,7 +466,7 @@ def _judge_timed(rep: "Report", same_machine: bool, threshold: float, alpha: flo
             else:
                 c.p = p
             judged = c.ratio_rel if rel else c.ratio
-            spread = f"; the backend's processes typically scatter x{c.scatter:.3f}" if floor > 0 else ""
+            spread = f"; the family's processes typically scatter x{c.scatter:.3f}" if floor > 0 else ""
             basis = (f"per control {c.ratio_rel:.3f}, p={p:.2g} over {c.procs[0]}+{c.procs[1]} processes{spread}; "
                      f"raw time ratio {c.ratio:.3f}" if rel else
                      f"p={p:.2g} over {c.procs[0]}+{c.procs[1]} processes{spread}")

@@ -182,11 +182,12 @@ def log_diff_stats(base_groups: Sequence[Sequence[float]], new_groups: Sequence[
     return float(n.mean() - b.mean()), float(ss / df), df, float(len(b)), float(len(n))
 
 
-def process_variance_floor(variances: Sequence[float]) -> float:
-    """The typical variance of one process's log value among a backend's cases: the median of their pooled
-    variances (0 when there are none). Used as the least variance any one case's test may assume."""
+def process_variance_floor(variances: Sequence[float], quantile: float = 0.5) -> float:
+    """The typical variance of one process's log value among related cases: the ``quantile`` of their pooled
+    variances (0 when there are none; 0.5: the median). Used as the least variance any one case's test may
+    assume."""
     v = np.asarray([x for x in variances if math.isfinite(x)], dtype=float)
-    return float(np.median(v)) if len(v) else 0.0
+    return float(np.quantile(v, quantile)) if len(v) else 0.0
 
 
 def t_logs_p_from(d: float, var: float, df: int, nb: float, nn: float) -> float:
