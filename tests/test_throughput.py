@@ -170,6 +170,18 @@ def test_smoke_numpy_runs_every_cell():
     assert seen_ceilings == 1 + 2 * 3
 
 
+def test_later_processes_time_but_measure_no_ceilings():
+    """The GEMM ceilings (and so the efficiencies) come from a case's first process only; every process times."""
+    ceilings.clear_cache()
+    case = one_case("numpy")
+    later = run_rows(case, process=2, processes=5)
+    metrics = {r["metric"] for r in later}
+    assert {"fwd_ms", "train_ms", "fwd_ms_per_control", "equiv_error"} <= metrics
+    assert not metrics & {"ceiling_gflops", "eff_gemm", "eff_recurrent"}, metrics
+    first = {r["metric"] for r in run_rows(case, process=0, processes=5)}
+    assert {"ceiling_gflops", "eff_gemm", "eff_recurrent"} <= first
+
+
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_smoke_other_frameworks(backend):
     pytest.importorskip(backend)
