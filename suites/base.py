@@ -111,6 +111,12 @@ class Suite:
     def cases(self, preset: str, backends: List[str], device: str = "cpu") -> List[Case]:
         raise NotImplementedError
 
+    def exclusive(self, case: Case) -> bool:
+        """Whether ``case`` measures time (or anything else that other work on its host would disturb): on a
+        cluster it then gets its host (or GPU) to itself; a case that only checks numbers may share one with
+        others. The default: it does not (a suite that times overrides this)."""
+        return False
+
     def run(self, case: Case, ctx: RunContext) -> Iterator[Dict[str, Any]]:
         raise NotImplementedError
 

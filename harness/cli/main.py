@@ -31,6 +31,7 @@ Typical use:
   rnnbench compare BASE_DIR NEW_DIR          ratios with significance; exit 1 on a regression
   rnnbench gate --base HEAD~1                CI performance gate against another revision
   rnnbench check my.module:MyRNN             conformance battery for your own backend
+  rnnbench worker tcp://HOST:8786            join this host to a Dask cluster (then: run --cluster ADDRESS)
 """
 
 
@@ -72,17 +73,28 @@ def _add_run(sub) -> None:
                    help="seconds of timed repeats per measurement (default: set by the preset)")
     p.add_argument("--processes", type=int, metavar="N", default=None,
                    help="independent worker processes that time each case, in interleaved rounds (default: the "
-                        "suite's: 3 for throughput, 1 for suites that time nothing); compare needs >= 3 per side "
+                        "suite's: 5 for throughput, 1 for suites that time nothing); compare needs >= 3 per side "
                         "to judge a timing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (plain lines instead)")
     p.add_argument("--report", action="store_true", help="write the report when the run ends")
+    p.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="run the cases as tasks on a Dask distributed cluster (a scheduler address such as "
+                        "tcp://10.0.0.5:8786, or a scheduler file) whose workers were started with `rnnbench "
+                        "worker ADDRESS`; rows come back to DIR as they are measured, each saying which host it "
+                        "ran on. Timing cases get a worker to themselves; correctness cases share one")
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="write report.md/.html and figures from a run directory",
+    p = sub.add_parser("report", help="write report.md/.html and figures from a run directory (or several)",
                        description="Turn a run directory into DIR/report.md, DIR/report.html and DIR/figures/*.png. "
-                                   "Never re-runs anything.")
-    p.add_argument("run_dir", metavar="DIR")
+                                   "Several run directories (runs on different machines, e.g. a CPU and a GPU "
+                                   "run of one preset) make one report across machines in --out: a machines "
+                                   "table, per timing a column per machine with speed-ups, and the checks per "
+                                   "machine. Never re-runs anything; the runs are only read.")
+    p.add_argument("run_dir", metavar="DIR", nargs="+")
+    p.add_argument("--out", metavar="OUT",
+                   help="write the report into OUT (created if missing) instead of the run directory; required "
+                        "with several run directories")
     p.add_argument("--baseline", metavar="BACKEND", default="torch",
                    help="backend that speed-ups are relative to (default: torch)")
     p.add_argument("--suite", action="append", metavar="MODULE:ATTR", default=[],
@@ -93,17 +105,25 @@ def _add_report(sub) -> None:
 def _add_compare(sub) -> None:
     from harness.compare import compare as c  # NumPy only: the defaults are written once, there
     p = sub.add_parser("compare", help="compare two runs: ratios, confidence intervals, verdicts",
-                       description="Compare two run directories (or two asv result files) case by case: ratio of "
-                                   "medians, bootstrap 95%% CI, Mann-Whitney U p-value, verdict. Exit 1 when a "
-                                   "case is significantly slower than the threshold allows.")
+                       description="Compare two run directories (or two asv result files) case by case. A timing is "
+                                   "judged over its independent processes (in units of the harness's control "
+                                   "workload on the CPU): ratio of the medians of per-process values, "
+                                   "hierarchical-bootstrap 95%% CI, t-test on their logs, verdict. Deterministic "
+                                   "metrics are checked against tolerances. Exit 1 when a case is significantly "
+                                   "slower than the threshold allows or a deterministic metric got worse, 2 on "
+                                   "bad input (including two different machines without --across-machines).")
     p.add_argument("base", metavar="BASE")
     p.add_argument("new", metavar="NEW")
     p.add_argument("--threshold", type=float, default=None, metavar="R",
                    help=f"a slowdown must exceed this ratio to count (default: {c.DEFAULT_THRESHOLD:g})")
     p.add_argument("--alpha", type=float, default=None, metavar="P",
-                   help=f"significance level of the Mann-Whitney test (default: {c.DEFAULT_ALPHA:g})")
+                   help=f"significance level of the test over processes (default: {c.DEFAULT_ALPHA:g})")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     p.add_argument("--figure", metavar="FILE", help="also write a figure of the ratios")
+    p.add_argument("--across-machines", action="store_true",
+                   help="BASE and NEW ran on different machines (CPU model, cores or GPU differ; refused without "
+                        "this): judge the deterministic metrics (errors, bytes, checks) and show the time ratios as "
+                        "descriptive numbers, never as verdicts")
 
 
 def _add_gate(sub) -> None:
@@ -173,7 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_gate(sub)
     _add_check(sub)
+    _add_worker(sub)
     return parser
+
+
+def _add_worker(sub) -> None:
+    p = sub.add_parser("worker", help="join this host to a Dask cluster that `rnnbench run --cluster` uses",
+                       description="Start a Dask worker on this host, set up the way benchmarks need it: it "
+                                   "declares the resource rnnbench-host=1, so a timing case (which requests all "
+                                   "of it) has the worker to itself while correctness cases (1/64 each) share it "
+                                   "up to --nthreads at a time; worker processes are not daemonic, so each case "
+                                   "can run in its own per-case process as a local run does. Stops on Ctrl-C. "
+                                   "The plain equivalent: DASK_DISTRIBUTED__WORKER__DAEMON=False dask worker "
+                                   "ADDRESS --nworkers 1 --nthreads N --resources rnnbench-host=1")
+    p.add_argument("address", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--gpu", type=int, metavar="N", default=None,
+                   help="give this worker GPU N only (CUDA_VISIBLE_DEVICES=N): one worker per GPU, each GPU's "
+                        "timing cases alone on it")
+    p.add_argument("--nthreads", type=int, metavar="N", default=None,
+                   help="correctness cases this worker runs at once (default: the cores this process may use)")
+    p.add_argument("--name", metavar="NAME", default=None, help="the worker's name in the cluster (default: Dask's)")
 
 
 def cmd_list(args) -> int:
@@ -211,7 +250,7 @@ def cmd_run(args) -> int:
                          out=args.out, resume=args.resume, threads=args.threads, seed=args.seed,
                          timeout=args.timeout, budget=args.budget,
                          progress=False if args.no_progress else None, argv=sys.argv, next_hint=not args.report,
-                         processes=args.processes)
+                         processes=args.processes, cluster=args.cluster)
     except KeyboardInterrupt:
         return 130
     if args.report:
@@ -232,6 +271,7 @@ HANDLERS = {
     "compare": ("harness.compare.compare", "cli_compare"),
     "gate": ("harness.gate.gate", "cli_gate"),
     "check": ("harness.check.battery", "cli_check"),
+    "worker": ("harness.run.cluster_worker", "cli_worker"),
 }
 
 

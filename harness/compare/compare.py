@@ -417,8 +417,10 @@ def _verdict(c: Comparison, judged: float, significant: bool, basis: str, procs_
              threshold: float, alpha: float) -> None:
     """Set ``c.verdict`` and ``c.why`` from the judged ratio and whether it is significant."""
     past = judged > threshold or judged < 1.0 / threshold
-    if not same_machine:
-        c.verdict, c.why = "not comparable", "different machines"
+    if not same_machine:  # only with across_machines (compare_sets refuses otherwise): a number, not a verdict
+        c.verdict = "descriptive"
+        c.why = (f"different machines: {'per control ' + format(c.ratio_rel, '.3f') + ', ' if math.isfinite(c.ratio_rel) else ''}"
+                 f"time ratio {c.ratio:.3f}, not judged")
     elif significant and past:
         c.verdict = "slower" if judged > threshold else "faster"
         c.why = ("" if math.isfinite(c.ratio_rel) else f"ratio {c.ratio:.3f}, ") + f"{basis} (threshold {threshold:g})"
@@ -480,15 +482,25 @@ def _judge_timed(rep: "Report", same_machine: bool, threshold: float, alpha: flo
 
 
 def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THRESHOLD,
-                 alpha: float = DEFAULT_ALPHA) -> Report:
-    """Match two result sets and judge every match. Raises UsageError when nothing can be compared."""
+                 alpha: float = DEFAULT_ALPHA, across_machines: bool = False) -> Report:
+    """Match two result sets and judge every match. Raises UsageError when nothing can be compared.
+
+    Two runs from different machines (:func:`harness.measure.records.machine_key`: CPU model, cores, GPU) are
+    refused unless ``across_machines``: then deterministic metrics are judged as usual and every timing gets the
+    verdict ``descriptive`` (its ratio shown, never failing): a speed difference between two machines is what one
+    compares them for, not a regression."""
     if not (threshold > 1.0):
         raise InputError(f"threshold: got {threshold!r}; a ratio > 1 (e.g. 1.10 = 10 % slower)")
     rep = Report(base, new, threshold, alpha)
     same_machine = base.machine == new.machine
+    if not same_machine and not across_machines:
+        raise _usage(f"BASE ran on {_machine_words(base.machine)}, NEW on {_machine_words(new.machine)}: timings of "
+                     "different machines are not judged. Pass --across-machines to check the deterministic metrics "
+                     "and see the time ratios as descriptive numbers")
     if not same_machine:
-        rep.notes.append(f"different machines: BASE {base.machine!r} vs NEW {new.machine!r}; timings are "
-                         "not comparable, only deterministic metrics are judged")
+        rep.notes.append(f"different machines: BASE {_machine_words(base.machine)} vs NEW "
+                         f"{_machine_words(new.machine)}; deterministic metrics are judged, time ratios are "
+                         "descriptive (not verdicts)")
     if base.preset and new.preset and base.preset != new.preset:
         rep.notes.append(f"different presets: BASE {base.preset!r} vs NEW {new.preset!r}; comparing the cases "
                          "present in both")
@@ -594,6 +606,13 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
         raise _usage("nothing comparable: every common measurement lacks samples or a deterministic value"
                      + ("; " + "; ".join(rep.notes) if rep.notes else ""))
     return rep
+
+
+def _machine_words(key: str) -> str:
+    """A machine key (``cpu|cores|gpu``) as words for a message."""
+    cpu, _, rest = str(key).partition("|")
+    cores, _, gpu = rest.partition("|")
+    return f"'{cpu}' ({cores} cores" + (f", GPU {gpu}" if gpu and gpu not in ("-", "None") else "") + ")"
 
 
 # -- output --------------------------------------------------------------------------------------------
@@ -728,7 +747,7 @@ def cli_compare(args) -> int:
     if base.kind != new.kind:
         raise _usage(f"cannot compare a {base.kind} ({args.base}) with a {new.kind} ({args.new}); give two run "
                      "directories or two asv result files")
-    rep = compare_sets(base, new, threshold, alpha)
+    rep = compare_sets(base, new, threshold, alpha, across_machines=bool(getattr(args, "across_machines", False)))
     for n in rep.notes:
         print(f"rnnbench compare: warning: {n}", file=sys.stderr)
     print(format_text(rep))

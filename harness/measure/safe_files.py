@@ -156,3 +156,19 @@ def ensure_run_dir(path: str) -> str:
         except OSError as e:
             raise UsageError(f"cannot create the run directory {path}: {e.strerror or e}") from None
     return path
+
+
+def ensure_out_dir(path: str, option: str = "--out") -> str:
+    """An output directory the user named: created if missing and writable, or a one-line UsageError naming
+    ``option`` (a file in the way, a parent that cannot be created, no write permission)."""
+    if not isinstance(path, str) or not path.strip():
+        raise UsageError(f"{option}: got {path!r}; expected a directory path")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option}: {path!r} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{option}: cannot create {path!r}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: {path!r} is not writable")
+    return path

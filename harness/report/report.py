@@ -616,11 +616,13 @@ def suite_section(suite: str, df, fig_dir: str, plugins: Optional[Dict[str, Any]
                 + generic_section(suite, df).split("\n", 2)[-1])
 
 
-def write_report(run_dir: str, baseline: str = "torch", suites: Sequence[Any] = ()) -> str:
+def write_report(run_dir: str, baseline: str = "torch", suites: Sequence[Any] = (), out: Optional[str] = None) -> str:
     """Write ``run_dir/report.md``, ``run_dir/report.html`` and ``run_dir/figures/*.png``; return report.md's path.
 
     Args:
         run_dir: a run directory (``rows.jsonl`` and ``meta.json``).
+        out: write the report there instead (created if missing): for a run directory that is not yours to
+            write into.
         baseline: the backend that speed-ups are relative to (a section falls back to another if absent).
         suites: plug-in Suite objects whose rows are in the run: their ``report_section`` and
             ``report_findings`` write their part (a run directory never names code to import; built-in suites
@@ -634,13 +636,14 @@ def write_report(run_dir: str, baseline: str = "torch", suites: Sequence[Any] = 
     df = apply_limits(load_run(run_dir))
     meta = df.attrs.get("meta") or {}
     plugins = {getattr(s, "name", None): s for s in suites}
-    fig_dir = os.path.join(run_dir, FIG_DIR)
+    dest = _out_dir(out) if out is not None else run_dir
+    fig_dir = os.path.join(dest, FIG_DIR)
     # Before anything is drawn: the outputs must be writable, and nothing planted there may be followed.
-    if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise UsageError(f"{run_dir} is not writable: the report is written into the run directory (copy the "
-                         "directory somewhere writable and report on the copy)")
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise UsageError(f"{dest} is not writable: the report is written into the run directory (pass --out DIR "
+                         "to write it elsewhere)")
     for name in (REPORT_MD, REPORT_HTML):
-        safe_files.check_target(os.path.join(run_dir, name))
+        safe_files.check_target(os.path.join(dest, name))
     safe_files.safe_dir(fig_dir)
     run_id = meta.get("run_id") if isinstance(meta.get("run_id"), str) else None
     run_id = run_id or (df["run_id"].dropna().iloc[0] if "run_id" in df and df["run_id"].notna().any()
@@ -659,14 +662,52 @@ def write_report(run_dir: str, baseline: str = "torch", suites: Sequence[Any] = 
         if tail:
             parts += ["", tail]
     md = "\n".join(parts).rstrip() + "\n"
-    md_path = os.path.join(run_dir, REPORT_MD)
+    md_path = os.path.join(dest, REPORT_MD)
     safe_files.write_atomic(md_path, md)
-    safe_files.write_atomic(os.path.join(run_dir, REPORT_HTML), markdown_to_html(md, title=f"rnnbench report: {run_id}"))
+    safe_files.write_atomic(os.path.join(dest, REPORT_HTML), markdown_to_html(md, title=f"rnnbench report: {run_id}"))
+    return md_path
+
+
+def _out_dir(out: str) -> str:
+    """``--out``: a directory, created if missing (links inside it are never followed by the writers)."""
+    return safe_files.ensure_out_dir(out, "--out")
+
+
+def write_machines_report(run_dirs: Sequence[str], out: str) -> str:
+    """Several runs (one machine each, or a cluster run's hosts) -> ``out/report.md`` and ``out/report.html`` with
+    a machine dimension (:mod:`harness.report.machines`); return report.md's path. The runs are only read."""
+    from harness.report import machines as mx
+
+    if not run_dirs:
+        raise UsageError("report: name at least one run directory")
+    frames, runs = [], []
+    for d in run_dirs:
+        df = apply_limits(load_run(d))
+        meta = df.attrs.get("meta") or {}
+        run_id = meta.get("run_id") if isinstance(meta.get("run_id"), str) else os.path.basename(os.path.abspath(d))
+        frames.append(df)
+        runs.append((run_id, meta))
+    dest = _out_dir(out)
+    for name in (REPORT_MD, REPORT_HTML):
+        safe_files.check_target(os.path.join(dest, name))
+    machines = mx.machines_of(runs)
+    df = mx.tag_all(frames, machines)
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    src = ", ".join(f"`{portable_path(d)}`" for d in run_dirs)
+    title = f"rnnbench report: {len(run_dirs)} run(s) on {len(set(df['machine']))} machine(s)"
+    parts = [f"# {title}", "", f"Generated {now} from {src}. Every run is only read; its own report: "
+             "`rnnbench report RUN`.", "", "## Findings", ""] + mx.findings(df)
+    parts += ["", mx.machines_table(machines, df), "", mx.timings_section(df), "", mx.correctness_section(df)]
+    md = "\n".join(parts).rstrip() + "\n"
+    md_path = os.path.join(dest, REPORT_MD)
+    safe_files.write_atomic(md_path, md)
+    safe_files.write_atomic(os.path.join(dest, REPORT_HTML), markdown_to_html(md, title=title))
     return md_path
 
 
 def cli_report(args) -> int:
-    """``rnnbench report DIR [--baseline BACKEND] [--suite MODULE:ATTR ...]``: write the report, print its path."""
+    """``rnnbench report DIR [DIR ...] [--out DIR] [--baseline BACKEND] [--suite MODULE:ATTR ...]``: write the report
+    (one run: its full report; several: one report across their machines), print its paths."""
     from harness.run.runner import resolve_suite
     plugins = []
     for ref in args.suite or []:
@@ -674,7 +715,15 @@ def cli_report(args) -> int:
             raise UsageError(f"--suite: got {ref!r}; expected MODULE:ATTR naming a plug-in suite "
                              "(built-in suites are found without it)")
         plugins.append(resolve_suite(ref)[2])
-    path = write_report(args.run_dir, baseline=args.baseline or "torch", suites=plugins)
+    dirs = list(args.run_dir) if isinstance(args.run_dir, (list, tuple)) else [args.run_dir]
+    out = getattr(args, "out", None)
+    if len(dirs) > 1:
+        if out is None:
+            raise UsageError(f"report: {len(dirs)} run directories make one report across machines, written to a "
+                             "new directory: pass --out DIR")
+        path = write_machines_report(dirs, out)
+    else:
+        path = write_report(dirs[0], baseline=args.baseline or "torch", suites=plugins, out=out)
     print(path)
     print(os.path.join(os.path.dirname(path), REPORT_HTML))
     return 0

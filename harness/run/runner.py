@@ -35,27 +35,23 @@ import datetime as _dt
 import importlib
 import math
 import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import sys
 import threading
 import time
-import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from harness.core.errors import InputTypeError, UsageError
+from harness.core.errors import UsageError
 from harness.measure import safe_files
+from harness.run.worker import (TRACEBACK_LINES, WORKER_START_TIMEOUT_S, _Worker, _WorkerLost,  # noqa: F401
+                                 _looks_like_oom, _worker_main)
 from harness.measure.records import (LOCK_FILE, ROWS_FILE, RowWriter, RunStopped, collect_meta, merge_processes,
                                     portable_argv, read_meta, scan, write_meta)
 
 #: Per-case time limit (seconds) by preset when neither --timeout, the case nor the suite says otherwise.
 DEFAULT_TIMEOUT_S = {"smoke": 300.0, "quick": 900.0, "full": 3600.0}
 FALLBACK_TIMEOUT_S = 1800.0
-#: Seconds a fresh worker may take to start (interpreter + imports) before it counts as failed.
-WORKER_START_TIMEOUT_S = 120.0
-#: Lines of traceback kept in an error row's extra.
-TRACEBACK_LINES = 12
 DEFAULT_PRESET = "quick"
 #: More processes than this per case is a typo, not a plan.
 MAX_PROCESSES = 50
@@ -153,15 +149,7 @@ def default_out(preset: str) -> str:
 
 def prepare_out(out: str) -> str:
     """Create ``out`` if needed; UsageError if it is a file or cannot be written."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out: {out!r} exists and is not a directory")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out: cannot create {out!r}: {e.strerror or e}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"--out: {out!r} is not writable")
-    return out
+    return safe_files.ensure_out_dir(out, "--out")
 
 
 class RunLock:
@@ -236,161 +224,6 @@ def release_lock(lock: RunLock) -> None:
         os.close(lock.fd)
     except OSError:
         pass
-
-
-# -- the worker process --------------------------------------------------------------------------------
-
-def _looks_like_oom(e: BaseException) -> bool:
-    """MemoryError, torch.cuda.OutOfMemoryError, XLA RESOURCE_EXHAUSTED and the like."""
-    if isinstance(e, MemoryError):
-        return True
-    text = f"{type(e).__name__} {e}".lower()
-    return "outofmemory" in text or "out of memory" in text or "resource_exhausted" in text
-
-
-def _watch_parent(parent_pid: int) -> None:
-    """Worker side: exit at once if the parent disappears (SIGKILL of the run) instead of running on."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent_pid:
-            os._exit(70)
-
-
-def _worker_main(conn, ctx, threads: int, parent_pid: int) -> None:
-    """Entry point of a worker process: receive cases, run them, stream rows back (each acknowledged)."""
-    # Ctrl-C goes to the whole process group; the parent decides what happens, the worker must not.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from harness.measure import threads as th
-    th.apply_in_worker(threads)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    conn.send(("ready", os.getpid()))
-    suites: Dict[Tuple[str, str], Any] = {}
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] != "case":
-            return
-        _, module, attr, case = msg
-        try:
-            suite = suites.get((module, attr))
-            if suite is None:
-                suite = suites[(module, attr)] = getattr(importlib.import_module(module), attr)
-            # The registry's one instance per backend and process, threads set once: the settings are
-            # process-wide (torch.set_num_threads, threadpoolctl) and the suites use the same instance.
-            from implementations import registry
-            registry.instance(case.backend, case.device, threads)
-            for row in suite.run(case, ctx):
-                if not isinstance(row, dict):
-                    raise InputTypeError(f"suite {suite.name!r} yielded {type(row).__name__}; expected a row dict")
-                conn.send(("row", row))
-                if conn.recv() != "ack":
-                    return
-            conn.send(("done",))
-        except BaseException as e:  # noqa: BLE001 - every failure of a case becomes a row
-            status = "oom" if _looks_like_oom(e) else "error"
-            tb = traceback.format_exception(type(e), e, e.__traceback__)
-            tail = "".join(tb).rstrip().splitlines()[-TRACEBACK_LINES:]
-            message = f"{type(e).__name__}: {e}"
-            del e, tb
-            try:
-                conn.send(("fail", status, message, tail))
-            except Exception:
-                os._exit(71)
-
-
-class _WorkerLost(Exception):
-    """The worker process ended (or never started) unexpectedly."""
-
-
-class _Worker:
-    """Parent side of one worker process."""
-
-    def __init__(self, mp, ctx, threads: int) -> None:
-        self._parent, child = mp.Pipe()
-        self.proc = mp.Process(target=_worker_main, args=(child, ctx, threads, os.getpid()),
-                               name="rnnbench-worker")
-        self.proc.start()
-        child.close()  # so that the worker's death reads as EOF here
-        if not self._parent.poll(WORKER_START_TIMEOUT_S):
-            self.kill()
-            raise _WorkerLost(f"worker did not start within {WORKER_START_TIMEOUT_S:g} s")
-        try:
-            msg = self._parent.recv()
-        except (EOFError, OSError):
-            raise _WorkerLost(f"worker failed to start ({self.exit_desc()})") from None
-        if msg[0] != "ready":
-            self.kill()
-            raise _WorkerLost(f"worker sent {msg[0]!r} instead of 'ready'")
-
-    def exit_desc(self) -> str:
-        self.proc.join(5)
-        code = self.proc.exitcode
-        if code is None:
-            return "still running"
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            hint = " (possibly the kernel's out-of-memory killer)" if -code == signal.SIGKILL else ""
-            return f"signal {name}, exit code {code}{hint}"
-        return f"exit code {code}"
-
-    def run_case(self, module: str, attr: str, case, timeout_s: float, on_row) -> Tuple[str, str, list]:
-        """Run one case. ``on_row(row)`` is called (and returns) before the worker may go on.
-
-        Returns ``(outcome, reason, traceback_tail)`` with outcome ``done``, ``fail-error``, ``fail-oom``,
-        ``timeout`` or ``died``; after ``timeout`` and ``died`` the worker is gone.
-        """
-        conn = self._parent
-        try:
-            conn.send(("case", module, attr, case))
-        except (BrokenPipeError, OSError):
-            return "died", f"worker process died before the case ({self.exit_desc()})", []
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.kill()
-                return "timeout", f"exceeded the per-case time limit of {timeout_s:g} s (worker killed)", []
-            if not conn.poll(0):
-                multiprocessing.connection.wait([conn, self.proc.sentinel], timeout=min(remaining, 1.0))
-                if not conn.poll(0):
-                    if not self.proc.is_alive():
-                        return "died", f"worker process died while running the case ({self.exit_desc()})", []
-                    continue
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                return "died", f"worker process died while running the case ({self.exit_desc()})", []
-            if msg[0] == "row":
-                on_row(msg[1])
-                try:
-                    conn.send("ack")
-                except (BrokenPipeError, OSError):
-                    return "died", f"worker process died while running the case ({self.exit_desc()})", []
-            elif msg[0] == "done":
-                return "done", "", []
-            elif msg[0] == "fail":
-                _, status, message, tail = msg
-                return f"fail-{status}", message, tail
-
-    def stop(self) -> None:
-        try:
-            self._parent.send(("stop",))
-        except OSError:
-            pass
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.kill()
-        self._parent.close()
-
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(10)
 
 
 # -- progress ------------------------------------------------------------------------------------------
@@ -497,7 +330,7 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
                resume: bool = False, threads: Optional[int] = None, seed: Optional[int] = None,
                timeout: Optional[float] = None, budget: Optional[float] = None, progress: Optional[bool] = None,
                argv: Optional[Sequence[str]] = None, next_hint: bool = True,
-               processes: Optional[int] = None) -> str:
+               processes: Optional[int] = None, cluster: Optional[str] = None) -> str:
     """Run the cases of ``suite_names`` and record them in ``out``; return the run directory.
 
     Args:
@@ -516,6 +349,8 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
         next_hint: end the summary with the ``rnnbench report`` command to run next.
         processes: independent worker processes per case for every suite (default: each suite's own; 1 for
             suites that time nothing). See the module docstring.
+        cluster: a Dask scheduler address: run the cases as tasks on that cluster's workers
+            (:mod:`harness.run.cluster`) instead of in local worker processes.
 
     Raises:
         UsageError: bad names, a bad ``out``, a directory in use. KeyboardInterrupt after a clean stop.
@@ -608,19 +443,30 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
     has_rows = os.path.exists(os.path.join(out, ROWS_FILE)) and os.path.getsize(os.path.join(out, ROWS_FILE)) > 0
     if has_rows and not resume:
         raise UsageError(f"--out: {out!r} already holds a run; add --resume to finish it, or choose a new directory")
-    lock = acquire_lock(out)
+    client = None
+    if cluster is not None:  # before the lock and meta.json: an unreachable scheduler leaves nothing behind
+        from harness.run import cluster as cl
+        client = cl.connect(cl.check_address(cluster))
     try:
-        return _run_locked(out, lock, cases, meta_old, preset=preset, device=device, seed=seed, threads=threads,
-                           timeout=timeout, budget=budget, progress=progress, argv=argv, resume=resume,
-                           suites=[n for n, *_ in resolved], backends=backend_names, next_hint=next_hint,
-                           unavailable=unavailable, processes=processes)
+        lock = acquire_lock(out)
+        try:
+            return _run_locked(out, lock, cases, meta_old, preset=preset, device=device, seed=seed, threads=threads,
+                               timeout=timeout, budget=budget, progress=progress, argv=argv, resume=resume,
+                               suites=[n for n, *_ in resolved], backends=backend_names, next_hint=next_hint,
+                               unavailable=unavailable, processes=processes, client=client)
+        finally:
+            release_lock(lock)
     finally:
-        release_lock(lock)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - a scheduler that is already gone
+                pass
 
 
 def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, threads, timeout, budget,
                 progress, argv, resume, suites, backends, next_hint=True, unavailable=None,
-                processes=None) -> str:
+                processes=None, client=None) -> str:
     from implementations import registry as reg
     from harness.measure import threads as th
     from suites.base import RunContext
@@ -680,7 +526,7 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
         for t in todo:
             c, k = t[0], t[4]
             info = probes[(c.backend, c.device)]
-            if info.available:
+            if info.available or client is not None:  # on a cluster, each host says what it can run
                 runnable.append(t)
                 continue
             if k > 0:  # an unavailable backend gets one skipped row, not one per process
@@ -690,6 +536,10 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
             writer.write(_stamp(c.row("status", None, "", status="skipped", reason=info.reason), c, attempt, threads))
             writer.mark_done(c.key, attempt)
             prog.finish(c, "skipped", 1, 0.0, info.reason)
+        if client is not None:
+            _run_on_cluster(client, runnable, meta, out, writer, prog, latest, threads, seed, budget, preset,
+                            timeout)
+            runnable = []
         # Rounds of processes (round 0 of every case, then round 1, ...); within a round, one fresh worker per
         # family (declared by the backend's class), families in order of first appearance.
         groups: Dict[Tuple[int, int, str], list] = collections.OrderedDict()
@@ -753,6 +603,9 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
     except RunStopped:  # the directory vanished or the disk is full: stop, keep what is written
         interrupted = stopped = True
         raise
+    except UsageError:  # the cluster's scheduler went away: what is written stays valid, --resume finishes it
+        interrupted = True
+        raise
     finally:
         if worker is not None:
             worker.kill()
@@ -769,7 +622,8 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
         meta["end_time"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         meta["counts"] = counts
         meta["requested_unavailable"] = {**(meta.get("requested_unavailable") or {}), **{b: probes[(b, device)].reason for b in backends
-                                         if (b, device) in probes and not probes[(b, device)].available}}
+                                         if (b, device) in probes and not probes[(b, device)].available
+                                         and client is None}}  # on a cluster, the hosts say (skipped rows)
         meta["cases"] = len(cases)
         meta["status"] = "interrupted" if interrupted else "complete"
         if not gone:  # never re-create a directory that was deleted under the run
@@ -779,16 +633,66 @@ def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, t
                 if not stopped:
                     raise
         if interrupted and not gone:
+            addr = (meta.get("cluster") or {}).get("address") if isinstance(meta.get("cluster"), dict) else None
             print(f"\ninterrupted: everything finished so far is kept in {out}\n"
-                  f"resume with: {resume_command(out)}", file=sys.stderr, flush=True)
+                  f"resume with: {resume_command(out, addr)}", file=sys.stderr, flush=True)
     _print_summary(out, len(cases), finished_cases, counts, next_hint)
     return out
 
 
-def resume_command(out: str) -> str:
-    """The command that resumes the run in ``out`` (the path quoted for a shell)."""
+def _run_on_cluster(client, runnable, meta, out, writer, prog, latest, threads, seed, budget, preset,
+                    timeout) -> None:
+    """The case-processes of ``runnable`` as Dask tasks (:func:`harness.run.cluster.run_tasks`): rows written as
+    they arrive, stamped with where they ran; every host in meta.json."""
+    from harness.run import cluster as cl
+    from suites.base import RunContext
+
+    tasks = []
+    for c, module, attr, su, k, n_proc in runnable:
+        ctx = RunContext(seed=seed, threads=threads, budget_s=budget, preset=preset, run_dir=os.path.abspath(out),
+                         process=k, processes=n_proc)
+        tasks.append(cl.Task(c, module, attr, k, n_proc, ctx, case_timeout(c, su, preset, timeout),
+                             bool(su.exclusive(c)), latest.get(process_key(c.key, k), 0) + 1))
+    statuses: Dict[int, List[str]] = {}
+    reasons: Dict[int, Dict[str, str]] = {}
+    started: Dict[int, float] = {}
+
+    def on_row(task, attempt, row, where):
+        row = dict(row)
+        row["extra"] = {**(row.get("extra") or {}), **{k: v for k, v in where.items() if v is not None}}
+        writer.write(_stamp(row, task.case, attempt, threads, task.process, task.processes))
+        st = row.get("status") or "ok"
+        statuses.setdefault(id(task), []).append(st)
+        if row.get("reason"):
+            reasons.setdefault(id(task), {}).setdefault(st, str(row["reason"]))
+
+    def on_done(task, attempt, outcome, reason, tail, where):
+        if outcome != "done":
+            status = {"timeout": "timeout", "fail-oom": "oom"}.get(outcome, "error")
+            extra = {"traceback": tail} if tail else {}
+            on_row(task, attempt, task.case.row("status", None, "", status=status, reason=reason, **extra), where)
+        writer.mark_done(process_key(task.case.key, task.process), attempt)
+        label = f" (process {task.process + 1}/{task.processes})" if task.processes > 1 else ""
+        st = statuses.get(id(task), [])
+        status = _case_status(st)
+        prog.finish(task.case, status, len(st), time.monotonic() - started.get(id(task), time.monotonic()),
+                    reason or reasons.get(id(task), {}).get(status, ""), label=label + (f" on {where['host']}"
+                                                                                          if where.get("host") else ""))
+
+    def on_start(task):
+        started[id(task)] = time.monotonic()
+
+    info = client.scheduler_info()
+    meta["cluster"] = {"address": str(info.get("address") or ""), "workers": len(info.get("workers", {}))}
+    hosts = cl.run_tasks(client, tasks, threads, on_row, on_done, on_start)
+    meta["hosts"] = {**(meta.get("hosts") or {}), **hosts}
+    write_meta(out, meta)
+
+
+def resume_command(out: str, cluster: Optional[str] = None) -> str:
+    """The command that resumes the run in ``out`` (the path quoted for a shell), on ``cluster`` if given."""
     import shlex
-    return f"rnnbench run --out {shlex.quote(out)} --resume"
+    return f"rnnbench run --out {shlex.quote(out)} --resume" + (f" --cluster {shlex.quote(cluster)}" if cluster else "")
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM (CI cancel) stops as cleanly as Ctrl-C

@@ -207,6 +207,10 @@ class CtcSuite(Suite):
 
     report_module = "suites.ctc.report"
 
+    def exclusive(self, case: Case) -> bool:
+        """On a cluster: whether this case needs its host to itself (see :meth:`suites.base.Suite.exclusive`)."""
+        return (case.settings or {}).get("case_class") == "timing"  # the speed cases; the rest check numbers
+
     def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
         self.check_args(preset, device)
         names = _backend_list(backends, device)

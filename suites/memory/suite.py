@@ -193,6 +193,10 @@ class MemorySuite(Suite):
 
     report_module = "suites.memory.report"
 
+    def exclusive(self, case: Case) -> bool:
+        """On a cluster: whether this case needs its host to itself (see :meth:`suites.base.Suite.exclusive`)."""
+        return True  # every case is timed (time per step) beside its memory
+
     def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
         """One case per point and backend; then one ``summary`` case per backend, last."""
         from implementations import registry

@@ -227,6 +227,10 @@ class ThroughputSuite(Suite):
 
     report_module = "suites.throughput.report"
 
+    def exclusive(self, case: Case) -> bool:
+        """On a cluster: whether this case needs its host to itself (see :meth:`suites.base.Suite.exclusive`)."""
+        return True  # every case is timed
+
     def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
         """Cases of ``preset`` for each backend name (see the module docstring for what each preset holds)."""
         self.check_args(preset, device)

@@ -1,0 +1,248 @@
+"""``rnnbench run --cluster`` on a real Dask cluster on 127.0.0.1: a scheduler and two ``rnnbench worker``
+processes (free ports, bounded time, all stopped at the end)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import pytest
+
+pytest.importorskip("distributed")
+pytest.importorskip("pandas")
+
+from harness.measure import records  # noqa: E402
+from harness.run import cluster as cl  # noqa: E402
+from harness.run.runner import run_suites  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_TIMEOUT_S = 60
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def _workers_up(sched_file: str, n: int) -> bool:
+    from distributed import Client
+    with Client(scheduler_file=sched_file, timeout="10s") as c:
+        info = c.scheduler_info()["workers"].values()
+        return sum(cl.HOST_RESOURCE in (w.get("resources") or {}) for w in info) >= n
+
+
+class LocalCluster:
+    """A scheduler and ``n`` rnnbench workers as separate processes (what a user starts by hand)."""
+
+    def __init__(self, tmp, n: int = 2, nthreads: int = 1, env: Optional[dict] = None) -> None:
+        self.sched_file = str(tmp / "scheduler.json")
+        self.logs = tmp
+        self.procs = []
+        self.sched = self._spawn([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", "0", "--no-dashboard", "--scheduler-file", self.sched_file], "scheduler")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not os.path.exists(self.sched_file):
+            if time.monotonic() > deadline or self.sched.poll() is not None:
+                self.close()
+                pytest.fail("the Dask scheduler did not start:\n" + (tmp / "scheduler.log").read_text()[-2000:])
+            time.sleep(0.2)
+        self.workers = [self.add_worker(nthreads, f"w{i}", env) for i in range(n)]
+        while not _workers_up(self.sched_file, n):
+            if time.monotonic() > deadline:
+                self.close()
+                pytest.fail("the rnnbench workers did not join:\n" + (tmp / "w0.log").read_text()[-2000:])
+            time.sleep(0.3)
+
+    def _spawn(self, cmd, name, env=None):
+        log = open(self.logs / f"{name}.log", "w")
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**_env(), **(env or {})}, cwd=ROOT,
+                             start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def add_worker(self, nthreads: int, name: str, env: Optional[dict] = None) -> subprocess.Popen:
+        return self._spawn([sys.executable, "-m", "harness", "worker", self.sched_file, "--nthreads", str(nthreads),
+                            "--name", name], name, env)
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in reversed(self.procs):
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(tmp_path)
+    yield c
+    c.close()
+
+
+def _rows(run_dir):
+    return {(r["case_key"], r["metric"], tuple(sorted((k, str(v)) for k, v in (r.get("extra") or {}).items()
+                                                       if k in records.IDENTITY_EXTRAS))): r
+            for r in records.load(run_dir).to_dict("records")}
+
+
+def _keys(df, key):
+    """One tuple of text per row (NaN as 'nan': pandas 3 keeps NaN through astype(str))."""
+    return [tuple(str(v) for v in row) for row in df[key].itertuples(index=False)]
+
+
+def test_a_cluster_run_equals_a_local_run(cluster, tmp_path):
+    t0 = time.monotonic()
+    # NumPy only: the point is the harness around the cases (every backend's own cases are the local tests')
+    on = run_suites(["ctc", "gradients"], preset="smoke", out=str(tmp_path / "on"), progress=False,
+                    cluster=cluster.sched_file, threads=1, backends=["numpy"])
+    t_cluster = time.monotonic() - t0
+    local = run_suites(["ctc", "gradients"], preset="smoke", out=str(tmp_path / "local"), progress=False, threads=1,
+                       backends=["numpy"])
+    a, b = records.load(on), records.load(local)
+    key = ["case_key", "metric"] + [c for c in records.IDENTITY_EXTRAS if c in a.columns and c in b.columns]
+    ka, kb = sorted(_keys(a, key)), sorted(_keys(b, key))
+    assert ka == kb  # the same cases and metrics, each as often
+    # deterministic values (errors, gradient norms, rates, checks) identical; times are not compared
+    sa = a.assign(_k=_keys(a, key)).sort_values("_k", kind="stable")
+    sb = b.assign(_k=_keys(b, key)).sort_values("_k", kind="stable")
+    assert list(sa["status"]) == list(sb["status"])
+    det = [(k, x, y) for k, x, y, u, st in zip(sa["_k"], sa["value"], sb["value"], sa["unit"], sa["status"])
+           if u not in ("ms", "s", "us") and st == "ok" and not str(k[1]).endswith("_s")]
+    assert len(det) > 100
+    differ = [d for d in det if not (d[1] == d[2] or (d[1] != d[1] and d[2] != d[2]))]
+    assert not differ, differ[:5]
+    # every row says where it ran; meta.json lists the host
+    assert a["host"].notna().all() and a["cluster_worker"].notna().all() and a["host_versions"].notna().all()
+    meta = json.load(open(os.path.join(on, "meta.json")))
+    assert list(meta["hosts"]) and meta["cluster"]["workers"] == 2
+    # correctness cases share a worker and say so; the CTC timing case had one to itself
+    timing = a["case"].astype(str).str.startswith("timing-")
+    assert timing.any() and not a.loc[timing, "shared"].astype(bool).any() and a.loc[~timing, "shared"].astype(bool).all()
+    print(f"cluster run {t_cluster:.1f} s")
+
+
+def test_a_worker_killed_mid_sweep_costs_nothing(cluster, tmp_path):
+    import threading
+
+    out = str(tmp_path / "run")
+
+    def kill_one_when_rows_flow():
+        rows = os.path.join(out, records.ROWS_FILE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if os.path.exists(rows) and sum(1 for _ in open(rows)) > 30:
+                os.killpg(cluster.workers[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_when_rows_flow, daemon=True)
+    killer.start()
+    run_suites(["gradients"], preset="smoke", out=out, progress=False, cluster=cluster.sched_file, threads=1,
+               backends=["numpy"])
+    killer.join(5)
+    assert cluster.workers[0].poll() is not None  # it was killed
+    df = records.load(out)
+    key = ["case_key", "metric"] + [c for c in records.IDENTITY_EXTRAS if c in df.columns]
+    local = records.load(run_suites(["gradients"], preset="smoke", out=str(tmp_path / "local"), progress=False,
+                                    threads=1, backends=["numpy"]))
+    keyl = ["case_key", "metric"] + [c for c in records.IDENTITY_EXTRAS if c in local.columns]
+    assert sorted(_keys(df, key)) == sorted(_keys(local, keyl))
+    assert json.load(open(os.path.join(out, "meta.json")))["status"] == "complete"
+
+
+def test_an_unreachable_scheduler_is_one_line_and_exit_2(tmp_path, capsys):
+    from harness.cli.main import main
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    old = cl.CONNECT_TIMEOUT_S
+    cl.CONNECT_TIMEOUT_S = 3.0
+    try:
+        rc = main(["run", "ctc", "--preset", "smoke", "--out", str(tmp_path / "r"), "--cluster",
+                   f"tcp://127.0.0.1:{port}", "--no-progress"])
+    finally:
+        cl.CONNECT_TIMEOUT_S = old
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach the Dask scheduler" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "r" / "rows.jsonl")
+
+
+def test_worker_command_declares_what_benchmarks_need(tmp_path):
+    from harness.run.cluster_worker import worker_command, worker_env
+    cmd = worker_command("tcp://1.2.3.4:8786", 3, gpu=1, name="g1")
+    assert "tcp://1.2.3.4:8786" in cmd and "--nthreads" in cmd and cmd[cmd.index("--nthreads") + 1] == "3"
+    assert cmd[cmd.index("--resources") + 1] == f"{cl.HOST_RESOURCE}=1,GPU=1"
+    env = worker_env(gpu=1, base={})
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["DASK_DISTRIBUTED__WORKER__DAEMON"] == "False"
+    f = tmp_path / "s.json"
+    f.write_text("{}")
+    assert worker_command(str(f), 1)[3:5] == ["--scheduler-file", str(f)]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "ctc", "--preset", "smoke", "--cluster", " "], "--cluster: got"),
+    (["worker", "tcp://127.0.0.1:1", "--nthreads", "0"], "--nthreads: got 0"),
+    (["worker", "tcp://127.0.0.1:1", "--gpu", "-1"], "--gpu: got -1"),
+])
+def test_bad_cluster_options_are_one_line_exit_2(tmp_path, capsys, argv, words):
+    from harness.cli.main import main
+    if argv[0] == "run":
+        argv = argv + ["--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_a_cluster_without_rnnbench_workers_says_how_to_start_one(tmp_path):
+    """A scheduler whose only worker is a plain `dask worker` (no rnnbench-host resource): a clear error naming
+    `rnnbench worker`, not a hang."""
+    from distributed import Client
+    c = LocalCluster(tmp_path, n=0)
+    try:
+        c._spawn([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", c.sched_file,
+                  "--nworkers", "1", "--nthreads", "1", "--no-dashboard"], "plain")
+        with Client(scheduler_file=c.sched_file, timeout="10s") as client:
+            client.wait_for_workers(1, timeout=START_TIMEOUT_S)
+        with pytest.raises(cl.ClusterError, match="rnnbench worker"):
+            cl.connect(c.sched_file, timeout_s=10, workers_timeout_s=1)
+    finally:
+        c.close()
+
+
+def test_a_host_without_a_backend_records_its_cases_skipped_with_its_reason(tmp_path):
+    """The client has the backend; the only worker's host lacks it: every case of it skipped, saying why, and
+    the run does not fail for it."""
+    c = LocalCluster(tmp_path, n=1, env={"RNNBENCH_TEST_LACKS_HOSTDEP": "1"})
+    try:
+        out = run_suites(["throughput"], preset="smoke", backends=["tests.plugins.host_dependent:HostDependent"],
+                         out=str(tmp_path / "run"), progress=False, cluster=c.sched_file, threads=1, processes=1)
+    finally:
+        c.close()
+    df = records.load(out)
+    assert len(df) and (df["status"] == "skipped").all()
+    assert df["reason"].str.contains("on host .*: hostdep's library is not installed on this host").all()
+    from harness.run.runner import run_problems
+    assert run_problems(out) == []
