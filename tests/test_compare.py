@@ -399,3 +399,12 @@ def test_malformed_capabilities_give_no_families(tmp_path):
                  meta={"backend_capabilities": {"x@cpu": "torch", "y@cpu": {"family": 3}, "z@cpu": {"family": "jax"}}})
     rs = compare.load_any(d)
     assert rs.families == {"z@cpu": "jax"} and rs.family("x", "cpu") == "x" and rs.family("z", "cpu") == "jax"
+
+
+def test_different_thread_counts_get_a_note(tmp_path):
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 31)], meta={"threads": 1})
+    new = make_run(tmp_path / "b", [timed("lstm-s", 1.0, 32)], meta={"threads": 2})
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    assert any("different thread counts: BASE 1 vs NEW 2" in n for n in rep.notes)
+    same = compare.compare_sets(compare.load_any(base), compare.load_any(base))
+    assert not any("thread counts" in n for n in same.notes)

@@ -155,6 +155,7 @@ class ResultSet:
     unfinished: int = 0  # measurements of cases that never finished (an interrupted run)
     seed: Optional[int] = None
     families: Dict[str, str] = field(default_factory=dict)  # "backend@device" -> its framework family
+    threads: Optional[int] = None  # the run's intra-op threads (meta.json)
 
     def family(self, backend: Any, device: Any) -> str:
         """The framework family a backend declared (its worker's runtime: torch, jax, ...), else its name."""
@@ -223,7 +224,8 @@ def load_run(path: str) -> ResultSet:
     return ResultSet(path, "run", entries, machine_key(meta) if meta else "unknown", meta.get("preset"),
                      str(meta.get("run_id") or os.path.basename(os.path.normpath(path))), foreign,
                      bad_lines=len(df.attrs.get("bad_lines") or []), unfinished=unfinished, seed=meta.get("seed"),
-                     families=_families(meta))
+                     families=_families(meta),
+                     threads=meta.get("threads") if isinstance(meta.get("threads"), int) else None)
 
 
 def _families(meta: Dict[str, Any]) -> Dict[str, str]:
@@ -504,6 +506,9 @@ def compare_sets(base: ResultSet, new: ResultSet, threshold: float = DEFAULT_THR
     if base.preset and new.preset and base.preset != new.preset:
         rep.notes.append(f"different presets: BASE {base.preset!r} vs NEW {new.preset!r}; comparing the cases "
                          "present in both")
+    if base.threads is not None and new.threads is not None and base.threads != new.threads:
+        rep.notes.append(f"different thread counts: BASE {base.threads} vs NEW {new.threads}; the timings measure "
+                         "that setting as well as the code")
     if base.seed is not None and new.seed is not None and base.seed != new.seed:
         rep.notes.append(f"different seeds: BASE {base.seed} vs NEW {new.seed}; the inputs and weights differ, so "
                          "deterministic metrics (errors) may differ for that reason alone")
