@@ -26,6 +26,7 @@ Faults:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -78,8 +79,10 @@ def _require_distributed():
     return distributed
 
 
+@functools.lru_cache(maxsize=1)
 def host_info() -> Dict[str, Any]:
-    """Where a task runs: the host's machine (CPU, cores, GPU, ...) and package versions."""
+    """Where a task runs: the host's machine (CPU, cores, GPU, ...) and package versions. Once per Dask worker
+    process (it asks nvidia-smi and reads package metadata; neither changes while the worker lives)."""
     from harness.measure.records import machine_info, package_versions
     return {"machine": machine_info(), "versions": package_versions()}
 

@@ -446,7 +446,7 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
     client = None
     if cluster is not None:  # before the lock and meta.json: an unreachable scheduler leaves nothing behind
         from harness.run import cluster as cl
-        client = cl.connect(cl.check_address(cluster))
+        client = cl.connect(cluster)
     try:
         lock = acquire_lock(out)
         try:
