@@ -264,6 +264,46 @@ def test_curve_disagreement():
         th.curve_disagreement(g[:5], g)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_curve_disagreement_stops_where_the_reference_leaves_full_precision(dtype):
+    """XLA's CPU code flushes subnormals to zero, NumPy does not: in a vanishing curve, a backend that gives
+    exact zeros once the reference is subnormal is not wrong (the full preset's JAX agreement checks at
+    T = 1000 failed with relative difference 1 there), but one that is off while the reference still has
+    its full precision is."""
+    rng = np.random.default_rng(1)
+    T = 200
+    decay = np.float64(0.02) if dtype == "float64" else np.float64(0.3)
+    g = (rng.standard_normal((T, 3, 8)) * decay ** np.arange(T)[::-1, None, None]).astype(dtype)
+    flushed = g.copy()
+    flushed[np.abs(flushed) < np.finfo(dtype).tiny] = 0  # what flush-to-zero gives
+    k_sub = int(np.argmax(th.step_norms(g) < np.finfo(dtype).tiny))
+    assert 0 < k_sub < T
+    d, k = th.curve_disagreement(flushed, g)
+    assert d <= (1e-10 if dtype == "float64" else 1e-3), (d, k)
+    bad = flushed.copy()
+    k_bad = int(np.argmax(th.step_norms(g) < th.full_precision_floor(dtype) * 1e3))  # still full precision
+    bad[T - 1 - k_bad] *= 1.01
+    d, k = th.curve_disagreement(bad, g)
+    assert k == k_bad and d == pytest.approx(0.01, rel=1e-3)
+
+
+def test_finite_differences_at_the_full_presets_size_have_a_roundoff_floor():
+    """B·H = 4096, rho = 3: L = <dh_T, h_T> sums terms of size 3^10, and rounding alone put the plain
+    relative error of a correct gradient at 2.5e-6 (the full preset failed there at 1e-6). With the
+    roundoff floor a correct gradient passes, and a gradient off by 0.1 % still fails."""
+    H, B, I, T = 128, 32, 32, 10
+    base = init_params(CellSpec("rnn_tanh", I, H), seed=1, init="orthogonal", rho=1.0).layers[0]
+    w = 3.0 * base.w_hh
+    x = th.drive_scaled_inputs(base.w_ih, T, B, 1.0, seed=1)
+    dh = th.unit_cotangent(B, H, seed=1)
+    g = th.linear_hidden_grads(w, dh, T)
+    assert th.fd_check_linear(w, base.w_ih, x, dh, g, seed=1) <= 1e-6
+    assert th.fd_check_linear(w, base.w_ih, x, dh, g * 1.001, seed=1) > 1e-4
+    bad = g.copy()
+    bad[-1] *= 1.001  # the step with the smallest adjoint here (norm 1)
+    assert th.fd_check_linear(w, base.w_ih, x, dh, bad, seed=1) > 1e-4
+
+
 def test_inputs_are_scaled_by_their_drive():
     w = init_params(CellSpec("rnn_tanh", 7, 16), seed=0).layers[0].w_ih
     x = th.drive_scaled_inputs(w, 50, 4, 0.3, seed=1)

@@ -471,7 +471,7 @@ class GradientsSuite(Suite):
                                        None if gc is None else np.asarray(gc), seed=tags["seed"])
         return self._check(case, "check_finite_difference", err <= FD_RTOL,
                            f"central differences (eps 1e-6, float64, T={cfg.fd_T}, perturbation added to the "
-                           f"state between two NumPy forward calls): max relative error {err:.2e} "
+                           f"state between two NumPy forward calls): max relative error beyond the roundoff floor {err:.2e} "
                            f"(allowed {FD_RTOL:g})", max_rel_err=err, fd_T=cfg.fd_T, threshold=FD_RTOL, **tags)
 
     @staticmethod
@@ -553,7 +553,7 @@ class GradientsSuite(Suite):
             gs = th.linear_hidden_grads(w, dh, cfg.fd_T)
             fd = th.fd_check_linear(w, w_ih, xs, dh, gs, seed=seed)
             yield self._check(case, "check_finite_difference", fd <= FD_RTOL,
-                              f"central differences on the linear recurrence (T={cfg.fd_T}): max relative error "
+                              f"central differences on the linear recurrence (T={cfg.fd_T}): max relative error beyond the roundoff floor "
                               f"{fd:.2e} (allowed {FD_RTOL:g})", max_rel_err=fd, fd_T=cfg.fd_T, threshold=FD_RTOL,
                               **tags)
 

@@ -506,14 +506,31 @@ def linear_exact_error(norms: np.ndarray, rho: float, norm0: float = 1.0) -> Tup
 
 # -- finite differences --------------------------------------------------------------------------------
 
+#: The roundoff floor of a central difference of L = <dh_T, h_T> is FD_ROUNDOFF_ULPS · u · sum|dh_T ⊙ h_T| / eps
+#: (u = 2^-53, float64): one evaluation of L may be off by about u times the sum of its terms' sizes (it
+#: rounds far less on average: over the full preset's linear settings the observed error was at most a tenth
+#: of that), and the difference of two evaluations by twice that.
+FD_ROUNDOFF_ULPS = 2.0
+
+
+def fd_roundoff_floor(loss_scale: float, eps: float) -> float:
+    """The absolute error a central difference of step ``eps`` may have from rounding alone, for a loss whose
+    terms sum to ``loss_scale`` in absolute value (float64)."""
+    return FD_ROUNDOFF_ULPS * (np.finfo(np.float64).eps / 2) * float(loss_scale) / eps
+
+
 def fd_directional_errors(loss: Callable[[int, np.ndarray, Optional[np.ndarray]], float], g: np.ndarray,
-                          gc: Optional[np.ndarray] = None, eps: float = 1e-6, seed: int = 0) -> float:
+                          gc: Optional[np.ndarray] = None, eps: float = 1e-6, seed: int = 0,
+                          loss_scale: float = 0.0) -> float:
     """Largest relative error of the adjoints ``g`` (and ``gc``) against central differences.
 
     ``loss(j, dh, dc)`` must return L with ``dh`` added to h_{j+1} (and ``dc`` to c_{j+1}, or None).
     At every step j, two directions are tried: a random unit direction v and the normalised adjoint
-    itself; the error is |FD − <g_j, v>| / ‖g_j‖ (the directional derivative's natural scale).
+    itself; the error is (|FD − <g_j, v>| − r) / ‖g_j‖ (at least 0), where r is the difference's roundoff
+    floor for a loss of terms summing to ``loss_scale`` (:func:`fd_roundoff_floor`). Without r, a step
+    whose adjoint is small next to L (a vanishing gradient at B·H = 4096) fails on rounding alone.
     """
+    floor = fd_roundoff_floor(loss_scale, eps)
     rng = np.random.default_rng([int(seed), 3])
     T = g.shape[0]
     worst = 0.0
@@ -530,7 +547,7 @@ def fd_directional_errors(loss: Callable[[int, np.ndarray, Optional[np.ndarray]]
                     d = sign * eps * v
                     return loss(j, d, None) if which == "h" else loss(j, np.zeros_like(d), d)
                 fd = (L(+1) - L(-1)) / (2 * eps)
-                worst = max(worst, abs(fd - float((gj * v).sum())) / gn)
+                worst = max(worst, max(0.0, abs(fd - float((gj * v).sum())) - floor) / gn)
     return worst
 
 
@@ -584,7 +601,9 @@ def fd_check_hidden_grads(forward: Callable, spec: CellSpec, params: Params, x: 
         hT = fin[0][-1] if spec.is_lstm else fin[-1]
         return float((dh_T * hT).sum())
 
-    return fd_directional_errors(loss, g, gc, eps=eps, seed=seed)
+    last = prefix[-1]
+    hT = last[0][-1] if spec.is_lstm else last[-1]
+    return fd_directional_errors(loss, g, gc, eps=eps, seed=seed, loss_scale=float(np.abs(dh_T * hT).sum()))
 
 
 def fd_check_linear(w_hh: np.ndarray, w_ih: np.ndarray, x: np.ndarray, dh_T: np.ndarray, g: np.ndarray,
@@ -598,7 +617,7 @@ def fd_check_linear(w_hh: np.ndarray, w_ih: np.ndarray, x: np.ndarray, dh_T: np.
         hT = linear_forward(w_hh, w_ih, x[j + 1:], h0)[-1] if j + 1 < T else h0
         return float((dh_T * hT).sum())
 
-    return fd_directional_errors(loss, g, None, eps=eps, seed=seed)
+    return fd_directional_errors(loss, g, None, eps=eps, seed=seed, loss_scale=float(np.abs(dh_T * hs[-1]).sum()))
 
 
 # -- parameter gradients and clipping -------------------------------------------------------------------
@@ -628,8 +647,18 @@ def clip_global_norm(grads: Params, max_norm: float) -> Tuple[Params, float, flo
 
 # -- cross-backend agreement ----------------------------------------------------------------------------
 
+def full_precision_floor(dtype) -> float:
+    """The smallest norm at which an adjoint of ``dtype`` still carries its format's full relative precision:
+    tiny / eps (about 1e-292 in float64, 1e-31 in float32). Below it, elements pass through the subnormal
+    range, where NumPy keeps gradual underflow and XLA's CPU code flushes to zero, so two correct backends
+    part there (one gives exact zeros where the other still has digits)."""
+    fi = np.finfo(np.dtype(dtype))
+    return float(fi.tiny / fi.eps)
+
+
 def curve_disagreement(g: np.ndarray, g_ref: np.ndarray, last_k: Optional[int] = None) -> Tuple[float, int]:
-    """max_k ‖g_k − g_ref,k‖ / ‖g_ref,k‖ over k = 0..last_k where the reference is finite and positive.
+    """max_k ‖g_k − g_ref,k‖ / ‖g_ref,k‖ over k = 0..last_k where the reference is finite and at least
+    :func:`full_precision_floor` of its dtype (so also positive).
 
     Compares the whole adjoint vectors (stricter than comparing norms). Returns ``(max_rel, k_at_max)``.
     """
@@ -643,9 +672,10 @@ def curve_disagreement(g: np.ndarray, g_ref: np.ndarray, last_k: Optional[int] =
     with np.errstate(invalid="ignore"):
         ndiff = _scaled_norms(np.where(np.isfinite(diff), diff, np.inf))
     K = g.shape[0] if last_k is None else min(g.shape[0], last_k + 1)
-    ok = np.isfinite(nref[:K]) & (nref[:K] > 0)
+    floor = full_precision_floor(np.asarray(g_ref).dtype)
+    ok = np.isfinite(nref[:K]) & (nref[:K] >= floor)
     if not ok.any():
-        raise ValueError("g_ref: no step with a finite positive norm to compare against")
+        raise ValueError(f"g_ref: no step with a finite norm of at least {floor:.3g} to compare against")
     rel = np.full(K, -1.0)
     rel[ok] = ndiff[:K][ok] / nref[:K][ok]
     rel = np.where(np.isnan(rel), np.inf, rel)
