@@ -4,7 +4,8 @@ Not a test module. The runner tests use it as
 
 - backend ``tests.fake_backends:FakeBackend`` (a plug-in given as ``module:Class``; it records the thread
   count the worker sets) and ``tests.fake_backends:UnavailableBackend`` (its probe says no);
-- suite ``tests.fake_backends:SUITE`` (``module:ATTR``), or registered in ``suites.base.SUITE_MODULES``.
+- suite ``tests.fake_backends:SUITE`` (``module:ATTR``), or registered in ``suites.base.SUITE_MODULES``;
+  ``tests.fake_backends:TIMING_SUITE`` is the same suite with every case exclusive (as a timing suite's).
 
 Presets of the fake suite (each case's ``settings["mode"]`` says what it does in the worker):
 
@@ -85,7 +86,8 @@ class FakeSuite(Suite):
                 pinned = None
             yield case.row("b_ms", 2.0, "ms", env_omp=os.environ.get("OMP_NUM_THREADS"),
                            set_threads=list(FakeBackend.threads_set), ctx_threads=ctx.threads, seed=ctx.seed,
-                           cpus=pinned, worker_pid=os.getpid())
+                           cpus=pinned, worker_pid=os.getpid(), ctx_process=ctx.process,
+                           affinity=",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
         elif mode == "slow":
             yield case.row("a_ms", 1.0, "ms")
             time.sleep(0.3)
@@ -105,4 +107,13 @@ class FakeSuite(Suite):
             raise ValueError(f"mode: {mode!r}")
 
 
+class FakeTimingSuite(FakeSuite):
+    """The fake suite as if it timed things: each case wants a host (a cluster worker) to itself."""
+
+    def exclusive(self, case: Case) -> bool:
+        return True
+
+
 SUITE = FakeSuite()
+TIMING_SUITE = FakeTimingSuite()
+TIMING_SUITE_REF = f"{__name__}:TIMING_SUITE"

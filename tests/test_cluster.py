@@ -246,3 +246,114 @@ def test_a_host_without_a_backend_records_its_cases_skipped_with_its_reason(tmp_
     assert df["reason"].str.contains("on host .*: hostdep's library is not installed on this host").all()
     from harness.run.runner import run_problems
     assert run_problems(out) == []
+
+
+def _done(out) -> int:
+    """Cases with a done-marker so far (0 before the run has written its first line)."""
+    if not os.path.exists(os.path.join(out, records.ROWS_FILE)):
+        return 0
+    return len(records.scan(out)[2])
+
+
+def _fake_rows(out):
+    """Every raw row of metric b_ms (each process its own; load() would merge them), extras as columns."""
+    import pandas as pd
+    raw = [{**r, **(r.get("extra") or {})} for r in records.scan(out)[0] if r.get("metric") == "b_ms"]
+    df = pd.DataFrame(raw)
+    df["ctx_process"] = df["ctx_process"].astype(int)
+    return df
+
+
+def test_workers_are_reused_within_a_round_and_never_across_processes_of_a_case(tmp_path):
+    """One Dask worker: the cases of one family reuse one per-case worker process (as locally), but process k
+    and process j of one timing case never share one; each case ran on the CPUs it leased, with its threads."""
+    from tests import fake_backends as fb
+    c = LocalCluster(tmp_path, n=1, nthreads=2)
+    try:
+        out = run_suites([fb.TIMING_SUITE_REF], preset="full", backends=[fb.FAKE], out=str(tmp_path / "t"),
+                         progress=False, cluster=c.sched_file, threads=2, processes=3)
+        shared = run_suites([fb.SUITE_REF], preset="full", backends=[fb.FAKE], out=str(tmp_path / "s"),
+                            progress=False, cluster=c.sched_file, threads=2)
+    finally:
+        c.close()
+    df = _fake_rows(out)
+    assert len(df) == 2 * 3 and set(df["ctx_process"]) == {0, 1, 2}
+    pids = df.groupby("case")["worker_pid"].apply(lambda s: len(set(s)))
+    assert (pids == 3).all()  # a case's three processes ran in three different processes
+    by_round = df.groupby("ctx_process")["worker_pid"].nunique()
+    assert (by_round == 1).all()  # both cases of a round ran in one reused worker
+    assert (df["env_omp"] == "2").all() and (df["affinity"] == df["host_cpus"]).all()
+    assert (~df["shared"].astype(bool)).all()
+    s = _fake_rows(shared)
+    # correctness cases take one CPU each, so that several share a host
+    assert len(s) == 2 and s["shared"].astype(bool).all() and (s["host_cpus"].str.count(",") == 0).all()
+    assert (s["affinity"] == s["host_cpus"]).all()
+
+
+def test_a_scheduler_gone_mid_run_is_exit_2_and_keeps_the_rows(tmp_path, capsys, monkeypatch):
+    import threading
+
+    from harness.cli.main import main
+    from tests import fake_backends as fb
+    monkeypatch.setattr(cl, "LOST_TIMEOUT_S", 3.0)
+    c = LocalCluster(tmp_path, n=1)
+    out = str(tmp_path / "run")
+
+    def kill_scheduler_after_two_cases():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if _done(out) >= 2:
+                os.killpg(c.sched.pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_scheduler_after_two_cases, daemon=True)
+    killer.start()
+    try:
+        rc = main(["run", fb.SUITE_REF, "--preset", "quick", "--backend", fb.FAKE, "--out", out, "--cluster",
+                   c.sched_file, "--threads", "1", "--no-progress"])
+    finally:
+        killer.join(5)
+        c.close()
+    err = capsys.readouterr().err
+    assert c.sched.poll() is not None, "the scheduler should have been killed mid-run"
+    assert rc == 2 and "scheduler went away" in err and "Traceback" not in err, err
+    assert "--resume --cluster" in err  # how to finish it
+    rows, latest, done, bad = records.scan(out)
+    assert bad == [] and 2 <= len(done) < 6
+    assert json.load(open(os.path.join(out, "meta.json")))["status"] == "interrupted"
+    assert len(records.load(out)) >= 4  # what was written loads
+
+
+def test_a_killed_client_resumes_on_the_cluster_with_only_what_is_missing(tmp_path):
+    from tests import fake_backends as fb
+    c = LocalCluster(tmp_path, n=2)
+    out = str(tmp_path / "run")
+    args = [sys.executable, "-m", "harness", "run", fb.SUITE_REF, "--preset", "quick", "--backend", fb.FAKE,
+            "--out", out, "--no-progress", "--threads", "1", "--cluster", c.sched_file]
+    try:
+        proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while _done(out) < 2:
+                assert time.monotonic() < deadline and proc.poll() is None, "no case finished on the cluster"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        _, _, done_before, _ = records.scan(out)
+        assert 2 <= len(done_before) < 6, "the kill should land mid-run"
+        run_suites([fb.SUITE_REF], backends=[fb.FAKE], out=out, resume=True, progress=False, threads=1,
+                   cluster=c.sched_file)
+    finally:
+        c.close()
+    rows, latest, done, bad = records.scan(out)
+    assert len(done) == 6 and bad == []
+    for key in done_before:  # finished before the kill: not run again
+        assert {r["attempt"] for r in rows if r.get("case_key") == key} == {1}
+    df = records.load(out)
+    assert sorted(df.groupby("case_key").size()) == [2] * 6  # every (case, metric) exactly once
+    assert json.load(open(os.path.join(out, "meta.json")))["status"] == "complete"

@@ -1,9 +1,11 @@
 """``rnnbench run ... --cluster ADDRESS``: the cases of a run as Dask tasks on a Dask distributed cluster.
 
 The client (``rnnbench run``) builds the cases as for a local run and submits each case-process as one task.
-A task runs on some Dask worker's host, in a fresh per-case worker process of the local runner
+A task runs on some Dask worker's host, in a per-case worker process of the local runner
 (:class:`harness.run.worker._Worker`: the same per-case timeout and the same crash and out-of-memory recording),
-and sends each row to the client the moment it is measured (a Dask event on the run's topic); its result
+reused across the run's cases of one family as locally (:mod:`harness.run.worker_pool`), on CPUs leased for it
+on that host (:mod:`harness.run.cpu_lease`: cases side by side on one host never stack on the same CPUs), and
+sends each row to the client the moment it is measured (a Dask event on the run's topic); its result
 repeats every row, so a row an event lost still arrives. The client appends the rows to the one run directory
 through the same crash-safe writer, stamps each with where it ran (``host``, ``host_cpu``, ``host_gpu``,
 ``host_versions``, ``cluster_worker``, ``shared``) and lists every host in ``meta.json`` (``hosts``).
@@ -30,6 +32,7 @@ import functools
 import json
 import os
 import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -91,21 +94,42 @@ def _versions_text(versions: Dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted((versions or {}).items()) if v and k != "numpy_blas")
 
 
-def run_task(module: str, attr: str, case, ctx, threads: int, timeout_s: float, topic: str, token: str) -> Dict[str, Any]:
-    """Runs **on a Dask worker**: one case-process in a fresh per-case worker process; each row is sent to the
-    client on ``topic`` as it is measured, tagged with the task's ``token`` and this execution's id. Returns the
-    execution's id, its host, outcome and every row (JSON)."""
+#: Spawning a worker reads this process's environment (the thread settings): one spawn at a time.
+_SPAWN_LOCK = threading.Lock()
+
+
+def _spawn_worker(ctx, threads: int):
+    """A fresh per-case worker with ``threads``' environment (set only while it starts: tasks run in threads)."""
     import multiprocessing
 
+    from harness.measure import threads as th
+    from harness.run.worker import _Worker
+    with _SPAWN_LOCK:
+        old = th.set_process_env(threads)
+        try:
+            return _Worker(multiprocessing.get_context("spawn"), ctx, threads)
+        finally:
+            th.restore_env(old)
+
+
+def run_task(module: str, attr: str, case, ctx, threads: int, timeout_s: float, topic: str, token: str,
+             exclusive: bool = True) -> Dict[str, Any]:
+    """Runs **on a Dask worker**: one case-process in a per-case worker process (an idle one of the same run,
+    family, threads and slot from :mod:`harness.run.worker_pool`, else a fresh one), on CPUs leased for it on
+    this host (:mod:`harness.run.cpu_lease`, CPU cases only). Each row is sent to the client on ``topic`` as it
+    is measured, tagged with the task's ``token`` and this execution's id. Returns the execution's id, its
+    host, outcome and every row (JSON)."""
     from distributed import get_worker
 
     from harness.measure.records import _jsonable
-    from harness.run.worker import _Worker, _WorkerLost
+    from harness.run import cpu_lease, worker_pool
+    from harness.run.worker import _WorkerLost
 
     dask_worker = get_worker()
     exec_id = uuid.uuid4().hex
     host = host_info()
     rows: List[str] = []
+    extra: Dict[str, Any] = {}
 
     def send(kind: str, **payload: Any) -> None:
         try:
@@ -116,31 +140,57 @@ def run_task(module: str, attr: str, case, ctx, threads: int, timeout_s: float, 
     send("start", host=host, worker=dask_worker.address)
 
     def on_row(row: Dict[str, Any]) -> None:
+        if extra:
+            row = {**row, "extra": {**(row.get("extra") or {}), **extra}}
         text = json.dumps(_jsonable(row), allow_nan=True)
         rows.append(text)
         send("row", seq=len(rows) - 1, row=text)
 
+    def result(outcome: str, reason: str = "", tail=()) -> Dict[str, Any]:
+        return {"exec": exec_id, "host": host, "worker": dask_worker.address, "outcome": outcome,
+                "reason": reason, "tail": list(tail), "rows": rows}
+
     from implementations import registry
     info = registry.describe(case.backend, case.device)
     if not info.available:
-        row = case.row("status", None, "", status="skipped",
-                       reason=f"on host {host['machine'].get('hostname')}: {info.reason}")
-        on_row(row)
-        return {"exec": exec_id, "host": host, "worker": dask_worker.address, "outcome": "done", "reason": "",
-                "tail": [], "rows": rows}
-    mp = multiprocessing.get_context("spawn")
+        on_row(case.row("status", None, "", status="skipped",
+                        reason=f"on host {host['machine'].get('hostname')}: {info.reason}"))
+        return result("done")
+    lease = None
+    if case.device == "cpu":  # a GPU case's time is the GPU's: it does not take the host's CPUs
+        try:  # a timing case takes its threads' worth of CPUs, a correctness case one: several share the host
+            lease = cpu_lease.acquire(threads if exclusive else 1, timeout_s)
+        except cpu_lease.LeaseTimeout as e:
+            return result("fail-error", str(e))
+        extra["host_cpus"] = lease.text()
+    key = (topic, info.family or case.backend, threads, ctx.process if exclusive else "shared")
+    worker = worker_pool.take(key)
     try:
-        worker = _Worker(mp, ctx, threads)
-    except _WorkerLost as e:
-        outcome, reason, tail = "died", str(e), []
-    else:
-        try:
-            outcome, reason, tail = worker.run_case(module, attr, case, timeout_s, on_row)
-        finally:
-            if worker.proc.is_alive():
-                worker.stop()
-    return {"exec": exec_id, "host": host, "worker": dask_worker.address, "outcome": outcome, "reason": reason,
-            "tail": list(tail), "rows": rows}
+        if worker is None:
+            try:
+                worker = _spawn_worker(ctx, threads)
+            except _WorkerLost as e:
+                return result("died", str(e))
+        if lease is not None:
+            cpu_lease.pin_process(worker.proc.pid, lease.cpus)
+        outcome, reason, tail = worker.run_case(module, attr, case, timeout_s, on_row, ctx=ctx)
+        if outcome not in ("timeout", "died") and worker.proc.is_alive():
+            worker_pool.give(key, worker)
+        elif worker.proc.is_alive():
+            worker.kill()
+        worker = None
+        return result(outcome, reason, tail)
+    finally:
+        if worker is not None:  # an exception on the way: never leave the process behind
+            worker.kill()
+        if lease is not None:
+            lease.release()
+
+
+def release_run(topic: str) -> int:
+    """On every Dask worker at the end of a run: stop the run's idle per-case workers."""
+    from harness.run import worker_pool
+    return worker_pool.release_run(topic)
 
 
 def check_address(address: str) -> str:
@@ -214,7 +264,7 @@ def run_tasks(client, tasks: Sequence[Task], threads: int,
         tokens[token] = t
         res = {HOST_RESOURCE: 1.0 if t.exclusive else SHARE}
         f = client.submit(run_task, t.module, t.attr, t.case, t.ctx, threads, t.timeout_s, topic, token,
-                          resources=res, pure=False, key=f"rnnbench-{t.case.key}#p{t.process}-{token[:8]}")
+                          t.exclusive, resources=res, pure=False, key=f"rnnbench-{t.case.key}#p{t.process}-{token[:8]}")
         futures[f] = t
     execs: Dict[str, _Exec] = {}
     seen_of: Dict[int, int] = {}  # id(task) -> executions seen so far
@@ -298,6 +348,7 @@ def run_tasks(client, tasks: Sequence[Task], threads: int,
     finally:
         try:
             client.unsubscribe_topic(topic)
-        except Exception:  # noqa: BLE001 - a gone scheduler: nothing to unsubscribe from
+            client.run(release_run, topic, wait=False)
+        except Exception:  # noqa: BLE001 - a gone scheduler: nothing to unsubscribe from (idle workers expire)
             pass
     return hosts

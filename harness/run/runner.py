@@ -653,6 +653,7 @@ def _run_on_cluster(client, runnable, meta, out, writer, prog, latest, threads, 
                          process=k, processes=n_proc)
         tasks.append(cl.Task(c, module, attr, k, n_proc, ctx, case_timeout(c, su, preset, timeout),
                              bool(su.exclusive(c)), latest.get(process_key(c.key, k), 0) + 1))
+    tasks.sort(key=lambda t: t.process)  # round-major, as locally: the pooled workers of a round are reused
     statuses: Dict[int, List[str]] = {}
     reasons: Dict[int, Dict[str, str]] = {}
     started: Dict[int, float] = {}

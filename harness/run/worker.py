@@ -4,7 +4,8 @@ A worker receives cases over a pipe, runs each through its suite, and streams ev
 acknowledged before the next is measured, so that a row is on disk before the case goes on. A case that raises
 becomes a ``fail`` message (``error``, or ``oom`` for an out-of-memory error); a worker that dies or overruns the
 per-case time limit is reported by the parent as ``died`` or ``timeout``. The local runner keeps one worker per
-backend family and round; a cluster task (:mod:`harness.run.cluster`) starts one per case-process.
+backend family and round; a cluster task (:mod:`harness.run.cluster`) takes one from its Dask worker's pool
+(:mod:`harness.run.worker_pool`).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def _worker_main(conn, ctx, threads: int, parent_pid: int) -> None:
             return
         if msg[0] != "case":
             return
-        _, module, attr, case = msg
+        _, module, attr, case, *rest = msg
+        cctx = rest[0] if rest and rest[0] is not None else ctx  # a pooled cluster worker gets each case's own
         try:
             suite = suites.get((module, attr))
             if suite is None:
@@ -67,7 +69,7 @@ def _worker_main(conn, ctx, threads: int, parent_pid: int) -> None:
             # process-wide (torch.set_num_threads, threadpoolctl) and the suites use the same instance.
             from implementations import registry
             registry.instance(case.backend, case.device, threads)
-            for row in suite.run(case, ctx):
+            for row in suite.run(case, cctx):
                 if not isinstance(row, dict):
                     raise InputTypeError(f"suite {suite.name!r} yielded {type(row).__name__}; expected a row dict")
                 conn.send(("row", row))
@@ -124,15 +126,16 @@ class _Worker:
             return f"signal {name}, exit code {code}{hint}"
         return f"exit code {code}"
 
-    def run_case(self, module: str, attr: str, case, timeout_s: float, on_row) -> Tuple[str, str, list]:
-        """Run one case. ``on_row(row)`` is called (and returns) before the worker may go on.
+    def run_case(self, module: str, attr: str, case, timeout_s: float, on_row, ctx=None) -> Tuple[str, str, list]:
+        """Run one case (with ``ctx``, default the worker's own). ``on_row(row)`` is called (and returns) before
+        the worker may go on.
 
         Returns ``(outcome, reason, traceback_tail)`` with outcome ``done``, ``fail-error``, ``fail-oom``,
         ``timeout`` or ``died``; after ``timeout`` and ``died`` the worker is gone.
         """
         conn = self._parent
         try:
-            conn.send(("case", module, attr, case))
+            conn.send(("case", module, attr, case, ctx))
         except (BrokenPipeError, OSError):
             return "died", f"worker process died before the case ({self.exit_desc()})", []
         deadline = time.monotonic() + timeout_s
