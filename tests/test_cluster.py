@@ -17,80 +17,20 @@ pytest.importorskip("pandas")
 
 from harness.measure import records  # noqa: E402
 from harness.run import cluster as cl  # noqa: E402
+from harness.run import loopback  # noqa: E402
 from harness.run.runner import run_suites  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-START_TIMEOUT_S = 60
+START_TIMEOUT_S = loopback.START_TIMEOUT_S
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+    return loopback._env()
 
 
-def _stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
-
-
-def _workers_up(sched_file: str, n: int) -> bool:
-    from distributed import Client
-    with Client(scheduler_file=sched_file, timeout="10s") as c:
-        info = c.scheduler_info()["workers"].values()
-        return sum(cl.HOST_RESOURCE in (w.get("resources") or {}) for w in info) >= n
-
-
-class LocalCluster:
+def LocalCluster(tmp, n: int = 2, nthreads: int = 1, env: Optional[dict] = None) -> loopback.LoopbackCluster:
     """A scheduler and ``n`` rnnbench workers as separate processes (what a user starts by hand)."""
-
-    def __init__(self, tmp, n: int = 2, nthreads: int = 1, env: Optional[dict] = None) -> None:
-        self.sched_file = str(tmp / "scheduler.json")
-        self.logs = tmp
-        self.procs = []
-        self.sched = self._spawn([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                  "--port", "0", "--no-dashboard", "--scheduler-file", self.sched_file], "scheduler")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not os.path.exists(self.sched_file):
-            if time.monotonic() > deadline or self.sched.poll() is not None:
-                self.close()
-                pytest.fail("the Dask scheduler did not start:\n" + (tmp / "scheduler.log").read_text()[-2000:])
-            time.sleep(0.2)
-        self.workers = [self.add_worker(nthreads, f"w{i}", env) for i in range(n)]
-        while not _workers_up(self.sched_file, n):
-            if time.monotonic() > deadline:
-                self.close()
-                pytest.fail("the rnnbench workers did not join:\n" + (tmp / "w0.log").read_text()[-2000:])
-            time.sleep(0.3)
-
-    def _spawn(self, cmd, name, env=None):
-        log = open(self.logs / f"{name}.log", "w")
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**_env(), **(env or {})}, cwd=ROOT,
-                             start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def add_worker(self, nthreads: int, name: str, env: Optional[dict] = None) -> subprocess.Popen:
-        return self._spawn([sys.executable, "-m", "harness", "worker", self.sched_file, "--nthreads", str(nthreads),
-                            "--name", name], name, env)
-
-    def close(self) -> None:
-        for p in reversed(self.procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in reversed(self.procs):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+    return loopback.LoopbackCluster(str(tmp), n=n, nthreads=nthreads, env=env)
 
 
 @pytest.fixture
@@ -222,7 +162,7 @@ def test_a_cluster_without_rnnbench_workers_says_how_to_start_one(tmp_path):
     from distributed import Client
     c = LocalCluster(tmp_path, n=0)
     try:
-        c._spawn([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", c.sched_file,
+        c.spawn([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", c.sched_file,
                   "--nworkers", "1", "--nthreads", "1", "--no-dashboard"], "plain")
         with Client(scheduler_file=c.sched_file, timeout="10s") as client:
             client.wait_for_workers(1, timeout=START_TIMEOUT_S)

@@ -37,6 +37,8 @@ def worker_env(gpu: Optional[int] = None, base: Optional[Dict[str, str]] = None)
     """The environment of the worker: not daemonic, this rnnbench importable, the chosen GPU only."""
     env = dict(os.environ if base is None else base)
     env["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
+    # Dask's statistical profiler samples the worker's threads every 10 ms: CPU taken from the cases it runs
+    env.setdefault("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if gpu is not None:
