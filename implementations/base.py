@@ -62,7 +62,8 @@ class BackendBase:
     algorithms: Tuple[str, ...] = ("bptt",)
     devices: Tuple[str, ...] = ("cpu",)
     dtypes: Tuple[str, ...] = ("float32", "float64")
-    #: Cells this backend has a kernel for; None: every registered cell (:func:`harness.core.cells.names`).
+    #: Cells this backend has a kernel for; None: every registered cell but the gated linear ones (see
+    #: :meth:`supported_cells`).
     cells: Optional[Tuple[str, ...]] = None
     #: Most stacked layers it runs (None: any).
     max_layers: Optional[int] = None
@@ -111,9 +112,12 @@ class BackendBase:
 
     # -- capabilities -------------------------------------------------------------------------------
     def supported_cells(self) -> Tuple[str, ...]:
-        """The cells this backend runs (its declared ``cells``, or every registered one)."""
+        """The cells this backend runs: its declared ``cells``, or every registered one but the gated linear cells
+        (their layers have no ``w_hh`` and per-unit parameters: a backend runs them only where it says so)."""
         from harness.core import cells as _cells
-        return tuple(self.cells) if self.cells is not None else _cells.names()
+        if self.cells is not None:
+            return tuple(self.cells)
+        return _cells.names(gated_linear=False)
 
     def supports(self, spec: CellSpec, dtype=None, algorithm: str = "bptt") -> Optional[str]:
         """None if this backend runs ``spec`` in ``dtype`` with ``algorithm``; else the reason it does not.

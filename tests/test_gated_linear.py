@@ -6,98 +6,125 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from harness.core import cells
 from harness.core.errors import InputError
+from harness.core.params import LayerParams, Params, init_params
+from harness.core.spec import CellSpec
 from implementations.numpy import gated_linear as gl
 
-CELLS = list(gl.GATES)
+CELLS = list(cells.GATED_LINEAR_CELLS)
 
 
 def _setting(cell, T=6, B=2, I=3, H=4, L=2, seed=0, dtype="float64"):
     rng = np.random.default_rng(seed + 10)
-    layers = gl.init_layers(cell, I, H, L, seed=seed, dtype=dtype)
+    spec = CellSpec(cell, I, H, L)
+    p = init_params(spec, seed=seed, dtype=dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((L, B, H)).astype(dtype)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
     dhT = rng.standard_normal((L, B, H)).astype(dtype)
-    return layers, x, h0, dy, dhT
+    return spec, p, x, h0, dy, dhT
 
 
-def _loss(cell, layers, x, h0, dy, dhT):
-    y, hT = gl.forward(cell, layers, x, h0)
+def _loss(spec, p, x, h0, dy, dhT):
+    y, hT = gl.forward(spec, p, x, h0)
     return float((dy * y).sum() + (dhT * hT).sum())
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_bptt_matches_central_differences(cell):
-    layers, x, h0, dy, dhT = _setting(cell)
-    grads, dx, dh0 = gl.vjp(cell, layers, x, h0, dy, dhT)
+    spec, p, x, h0, dy, dhT = _setting(cell)
+    g = gl.vjp(spec, p, x, h0, dy, dhT)
     rng = np.random.default_rng(5)
     eps = 1e-6
 
-    def check(get, grad, name):
+    def check(arr, grad, name):
         v = rng.standard_normal(grad.shape)
-        base = get().copy()
-        get()[...] = base + eps * v
-        lp = _loss(cell, layers, x, h0, dy, dhT)
-        get()[...] = base - eps * v
-        lm = _loss(cell, layers, x, h0, dy, dhT)
-        get()[...] = base
+        base = arr.copy()
+        arr[...] = base + eps * v
+        lp = _loss(spec, p, x, h0, dy, dhT)
+        arr[...] = base - eps * v
+        lm = _loss(spec, p, x, h0, dy, dhT)
+        arr[...] = base
         fd = (lp - lm) / (2 * eps)
         an = float((grad * v).sum())
         assert abs(fd - an) <= 1e-7 * max(1.0, abs(an)), (name, fd, an)
 
-    for l, lay in enumerate(layers):
-        assert set(grads[l]) == set(lay)  # exactly the cell's own parameters
-        for n in lay:
-            check(lambda l=l, n=n: layers[l][n], grads[l][n], f"l{l}.{n}")
-    check(lambda: x, dx, "x")
-    check(lambda: h0, dh0, "h0")
+    for (name, arr), (gname, grad) in zip(p.items(), g.params.items()):
+        assert name == gname  # exactly the cell's own parameters, in the same structure
+        check(arr, grad, name)
+    assert [n for n, _ in g.params.items()] == [n for n, _ in p.items()]
+    check(x, g.dx, "x")
+    check(h0, g.dstate, "h0")
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_a_wrong_gradient_would_be_caught(cell):
     """The check above can fail: a gradient off by 1 % in one parameter disagrees with the differences."""
-    layers, x, h0, dy, dhT = _setting(cell, L=1)
-    grads, _, _ = gl.vjp(cell, layers, x, h0, dy, dhT)
+    spec, p, x, h0, dy, dhT = _setting(cell, L=1)
+    g = gl.vjp(spec, p, x, h0, dy, dhT)
     n = "lam" if cell == "rglru" else "b_ih"
-    v = np.zeros_like(grads[0][n])
-    v[0] = 1.0
+    arr, grad = getattr(p.layers[0], n), getattr(g.params.layers[0], n)
     eps = 1e-6
-    layers[0][n][0] += eps
-    lp = _loss(cell, layers, x, h0, dy, dhT)
-    layers[0][n][0] -= 2 * eps
-    lm = _loss(cell, layers, x, h0, dy, dhT)
+    arr[0] += eps
+    lp = _loss(spec, p, x, h0, dy, dhT)
+    arr[0] -= 2 * eps
+    lm = _loss(spec, p, x, h0, dy, dhT)
     fd = (lp - lm) / (2 * eps)
-    assert abs(fd - grads[0][n][0]) <= 1e-7 * max(1, abs(fd))
-    assert abs(fd - 1.01 * grads[0][n][0]) > 1e-7 * max(1, abs(fd))
+    assert abs(fd - grad[0]) <= 1e-7 * max(1, abs(fd))
+    assert abs(fd - 1.01 * grad[0]) > 1e-7 * max(1, abs(fd))
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_rtrl_equals_bptt(cell):
-    layers, x, h0, dy, dhT = _setting(cell, T=12, B=3, I=5, H=6, L=1, seed=3)
-    g_b, _, dh0_b = gl.vjp(cell, layers, x, h0, dy, dhT)
-    g_r, dh0_r = gl.rtrl(cell, layers, x, h0, dy, dhT)
-    for n in g_b[0]:
-        np.testing.assert_allclose(g_r[0][n], g_b[0][n], rtol=1e-10, atol=1e-12, err_msg=n)
-    np.testing.assert_allclose(dh0_r, dh0_b, rtol=1e-10, atol=1e-12)
+@pytest.mark.parametrize("bias", [True, False])
+def test_rtrl_equals_bptt(cell, bias):
+    spec, p, x, h0, dy, dhT = _setting(cell, T=12, B=3, I=5, H=6, L=1, seed=3)
+    if not bias:
+        spec = CellSpec(cell, 5, 6, 1, bias=False)
+        p = init_params(spec, seed=3)
+    g = gl.vjp(spec, p, x, h0, dy, dhT)
+    pr, dh0 = gl.rtrl(spec, p, x, h0, dy, dhT)
+    for (n, a), (_, b) in zip(pr.items(), g.params.items()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=n)
+    assert [n for n, _ in pr.items()] == [n for n, _ in p.items()]
+    np.testing.assert_allclose(dh0, g.dstate, rtol=1e-10, atol=1e-12)
 
 
 def test_rtrl_of_stacked_layers_says_it_is_not_there():
-    layers, x, h0, dy, dhT = _setting("mingru", L=2)
+    spec, p, x, h0, dy, dhT = _setting("mingru", L=2)
     with pytest.raises(NotImplementedError, match="one layer only"):
-        gl.rtrl("mingru", layers, x, h0, dy, dhT)
+        gl.rtrl(spec, p, x, h0, dy, dhT)
 
 
-def test_rtrl_influence_is_per_unit():
-    assert gl.rtrl_memory_elements("mingru", 1, 256, 256) == 2 * 256 * 257  # B·P, not B·H·P
-    assert gl.rtrl_memory_elements("rglru", 2, 8, 4) == 2 * (3 * 4 * 9 + 4)
+def test_the_cells_are_defined_once_with_exactly_their_parameters():
+    assert cells.names(gated_linear=True) == cells.GATED_LINEAR_CELLS
+    spec = CellSpec("rglru", 8, 4)
+    assert spec.layer_shapes(0) == {"w_ih": (12, 8), "b_ih": (12,), "lam": (4,)}
+    assert spec.num_params == 12 * 8 + 12 + 4
+    p = init_params(spec, seed=1)
+    assert [n for n, _ in p.items()] == ["l0.w_ih", "l0.b_ih", "l0.lam"] and p.layers[0].w_hh is None
+    assert Params.from_flat(spec, p.flat()).flat().tolist() == p.flat().tolist()
+    # RTRL's influence is B·P, not B·H·P; no recurrent GEMM
+    d = cells.get("mingru")
+    assert d.rtrl_influence_elements(1, 256, CellSpec("mingru", 256, 256).num_params) == 2 * 256 * 257
+    assert d.step_flops(1, 256, 256) == 2 * 256 * 2 * 256 and d.recurrent_step_flops(1, 256) == 0
+    # a w_hh where the cell has none is refused by name
+    bad = Params([LayerParams(w_ih=p.layers[0].w_ih, w_hh=np.zeros((12, 4)), b_ih=p.layers[0].b_ih,
+                              lam=p.layers[0].lam)])
+    with pytest.raises(InputError, match="a rglru layer has only w_ih, b_ih, lam"):
+        bad.validate(spec)
+    with pytest.raises(InputError, match="no recurrent matrix w_hh"):
+        init_params(spec, init="orthogonal", rho=0.9)
+    # no backend claims them by default: a plug-in must name them
+    from implementations.base import BackendBase
+    assert not set(BackendBase().supported_cells()) & set(cells.GATED_LINEAR_CELLS)
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_the_parallel_scan_equals_the_sequential_one(cell):
-    layers, x, h0, _, _ = _setting(cell, T=37, B=2, I=3, H=5, L=2)
-    ys, hs = gl.forward(cell, layers, x, h0)
-    yp, hp = gl.forward(cell, layers, x, h0, scan="parallel")
+    spec, p, x, h0, _, _ = _setting(cell, T=37, B=2, I=3, H=5, L=2)
+    ys, hs = gl.forward(spec, p, x, h0)
+    yp, hp = gl.forward(spec, p, x, h0, scan="parallel")
     np.testing.assert_allclose(yp, ys, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(hp, hs, rtol=1e-12, atol=1e-14)
 
@@ -105,47 +132,44 @@ def test_the_parallel_scan_equals_the_sequential_one(cell):
 @pytest.mark.parametrize("cell", CELLS)
 def test_float32_parallel_scan_stays_right_at_T_4096(cell):
     """Products of the a_t underflow over thousands of steps; the scan must still give the states."""
-    layers, x, h0, _, _ = _setting(cell, T=4096, B=2, I=3, H=8, L=1, dtype="float32")
-    ref, _ = gl.forward(cell, [{k: v.astype(np.float64) for k, v in layers[0].items()}], x.astype(np.float64),
-                        h0.astype(np.float64))
-    y32, _ = gl.forward(cell, layers, x, h0, scan="parallel")
+    spec, p, x, h0, _, _ = _setting(cell, T=4096, B=2, I=3, H=8, L=1, dtype="float32")
+    ref, _ = gl.forward(spec, p.astype("float64"), x.astype(np.float64), h0.astype(np.float64))
+    y32, _ = gl.forward(spec, p, x, h0, scan="parallel")
     err = np.max(np.abs(y32 - ref)) / np.max(np.abs(ref))
     assert np.isfinite(y32).all() and err < 1e-4, err
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_hidden_gradients_are_the_product_of_the_a_t(cell):
-    layers, x, _, _, _ = _setting(cell, T=50, L=2)
+    spec, p, x, _, _, _ = _setting(cell, T=50, L=2)
     dh = np.random.default_rng(1).standard_normal((x.shape[1], 4))
-    g = gl.hidden_grads(cell, layers, x, dh)
-    # the same from the full BPTT with only the final state's cotangent on the last layer
-    dhT = np.zeros((2, x.shape[1], 4))
-    dhT[-1] = dh
+    g = gl.hidden_grads(spec, p, x, dh)
     xin = x
-    for lay in layers:
-        a, u, _ = gl.coefficients(cell, xin @ lay["w_ih"].T + lay["b_ih"], lay.get("lam"))
+    for lp in p.layers:
+        a, u, _ = gl.coefficients(cell, xin @ lp.w_ih.T + lp.b_ih, lp.lam)
         xin = gl.linear_scan(a, u, np.zeros_like(dh))
     prod = dh * np.cumprod(a[::-1][:-1], axis=0)[::-1]
     np.testing.assert_allclose(g[:-1], prod, rtol=1e-12)
-    _, _, dh0 = gl.vjp(cell, layers, x, None, None, dhT)
-    np.testing.assert_allclose(dh0[-1], a[0] * g[0], rtol=1e-12)
+    # and the full BPTT with only the last layer's final-state cotangent gives a_1 ⊙ g_1 for h_0
+    dhT = np.zeros((2, x.shape[1], 4))
+    dhT[-1] = dh
+    np.testing.assert_allclose(gl.vjp(spec, p, x, None, None, dhT).dstate[-1], a[0] * g[0], rtol=1e-12)
 
 
 def test_rglru_init_draws_the_papers_range():
-    lam = gl.init_layers("rglru", 4, 1000, seed=2)[0]["lam"]
-    a = (1.0 / (1.0 + np.exp(-lam))) ** gl.RGLRU_C
+    lam = init_params(CellSpec("rglru", 4, 1000), seed=2).layers[0].lam
+    a = (1.0 / (1.0 + np.exp(-lam))) ** cells.RGLRU_C
     assert a.min() >= 0.9 - 1e-12 and a.max() <= 0.999 + 1e-12
     assert abs(a.mean() - 0.9495) < 0.01  # uniform in [0.9, 0.999]
 
 
-@pytest.mark.parametrize("bad, words", [
-    (dict(cell="gru"), "allowed: mingru, minlstm, rglru"),
-    (dict(scan="blelloch"), "allowed: sequential, parallel"),
-    (dict(extra="w_hh"), "expected exactly"),
-])
-def test_bad_input_is_named(bad, words):
-    layers, x, h0, _, _ = _setting("mingru", L=1)
-    if "extra" in bad:
-        layers[0]["w_hh"] = np.zeros((8, 4))
-    with pytest.raises(InputError, match=words):
-        gl.forward(bad.get("cell", "mingru"), layers, x, h0, scan=bad.get("scan", "sequential"))
+def test_bad_input_is_named():
+    spec, p, x, h0, _, _ = _setting("mingru", L=1)
+    with pytest.raises(InputError, match="allowed: sequential, parallel"):
+        gl.forward(spec, p, x, h0, scan="blelloch")
+    with pytest.raises(InputError, match="this reference runs mingru, minlstm, rglru"):
+        gl.forward(CellSpec("gru", 3, 4), init_params(CellSpec("gru", 3, 4)), x)
+    with pytest.raises(InputError, match="expected \\(T, B, 3\\)"):
+        gl.forward(spec, p, x[:, :, :2], None)
+    with pytest.raises(InputError, match="state: got shape"):
+        gl.forward(spec, p, x, h0[:, :1])

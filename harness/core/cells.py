@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -46,6 +46,13 @@ class CellDef:
             parts and the G activated gates (LSTM: tanh(c); GRU: W_hn h + b_hn).
         bptt_backward_gate_buffers: gate-sized ``(T, B, G·H)`` buffers the reference backward allocates.
         description: one line for ``rnnbench list`` and the docs.
+        gated_linear: a gated linear recurrence ``h_t = a_t ⊙ h_{t−1} + u_t`` whose ``(a_t, u_t)`` depend on the
+            input only (minGRU, minLSTM, RG-LRU): no ``w_hh``/``b_hh``, ∂h_t/∂h_{t−1} = diag(a_t) exactly, the
+            recurrence is an associative scan, and exact RTRL is per unit (O(B·P)).
+        unit_params: per-unit parameter vectors ``(H,)`` of each layer beyond the weights and biases, in order
+            (the RG-LRU's ``lam``).
+        unit_param_init: ``f(rng, H) -> {name: (H,) array}`` drawing :attr:`unit_params` for the default init
+            (after the weights, from the same generator).
     """
 
     name: str
@@ -57,6 +64,9 @@ class CellDef:
     bptt_extra_per_step: int = 0
     bptt_backward_gate_buffers: int = 1
     description: str = ""
+    gated_linear: bool = False
+    unit_params: Tuple[str, ...] = ()
+    unit_param_init: Optional[Callable] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -80,6 +90,17 @@ class CellDef:
         if self.bias_gate is not None and self.bias_gate not in self.gate_names:
             raise InputError(f"CellDef {self.name!r}: bias_gate {self.bias_gate!r} is not one of its gates "
                              f"{self.gate_names}")
+        u = self.unit_params
+        if not isinstance(u, tuple) or not all(isinstance(n, str) and n.isidentifier() for n in u) \
+                or len(set(u)) != len(u) or set(u) & {"w_ih", "w_hh", "b_ih", "b_hh"}:
+            raise InputError(f"CellDef {self.name!r}: unit_params: got {u!r}; allowed: a tuple of distinct "
+                             "identifiers other than w_ih, w_hh, b_ih, b_hh, e.g. ('lam',)")
+        if u and (self.unit_param_init is None or not callable(self.unit_param_init)):
+            raise InputError(f"CellDef {self.name!r}: unit_params {u} need a unit_param_init(rng, H) -> dict")
+        if self.gated_linear and (self.activation is not None or self.bias_gate is not None
+                                  or self.has_cell_state):
+            raise InputError(f"CellDef {self.name!r}: a gated linear cell has one state part and neither an "
+                             "activation nor a bias gate")
 
     # -- structure -------------------------------------------------------------------------------------
     @property
@@ -101,20 +122,32 @@ class CellDef:
         return None if self.bias_gate is None else self.gate_names.index(self.bias_gate)
 
     def param_shapes(self, input_size: int, hidden_size: int, bias: bool = True) -> Dict[str, Tuple[int, ...]]:
-        """Shapes of one layer's canonical parameters (input ``input_size``, ``hidden_size`` units)."""
+        """Shapes of one layer's canonical parameters (input ``input_size``, ``hidden_size`` units), in canonical
+        order: ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` (a gated linear cell has no ``w_hh``/``b_hh``), then the
+        :attr:`unit_params`."""
         G, H = self.gates, hidden_size
-        shapes: Dict[str, Tuple[int, ...]] = {"w_ih": (G * H, input_size), "w_hh": (G * H, H)}
+        shapes: Dict[str, Tuple[int, ...]] = {"w_ih": (G * H, input_size)}
+        if not self.gated_linear:
+            shapes["w_hh"] = (G * H, H)
         if bias:
-            shapes.update(b_ih=(G * H,), b_hh=(G * H,))
+            shapes["b_ih"] = (G * H,)
+            if not self.gated_linear:
+                shapes["b_hh"] = (G * H,)
+        for n in self.unit_params:
+            shapes[n] = (H,)
         return shapes
 
     # -- counts ----------------------------------------------------------------------------------------
     def step_flops(self, batch: int, input_size: int, hidden_size: int) -> float:
-        """GEMM FLOPs of one layer step: ``2·B·(I_l + H)·G·H`` (elementwise work not counted)."""
-        return float(2 * batch * (input_size + hidden_size) * self.gates * hidden_size)
+        """GEMM FLOPs of one layer step: ``2·B·(I_l + H)·G·H``; ``2·B·I_l·G·H`` for a gated linear cell (no
+        recurrent GEMM). Elementwise work is not counted."""
+        rec = 0 if self.gated_linear else hidden_size
+        return float(2 * batch * (input_size + rec) * self.gates * hidden_size)
 
     def recurrent_step_flops(self, batch: int, hidden_size: int) -> float:
-        """DeepBench's convention: the recurrent GEMM of one step only, ``2·G·H²·B``."""
+        """DeepBench's convention: the recurrent GEMM of one step only, ``2·G·H²·B`` (0 without one)."""
+        if self.gated_linear:
+            return 0.0
         return float(2 * self.gates * hidden_size * hidden_size * batch)
 
     def fprime_from_output(self, h: np.ndarray) -> np.ndarray:
@@ -151,14 +184,21 @@ class CellDef:
         return int(L * per_layer + during + num_params)
 
     def rtrl_influence_elements(self, batch: int, hidden_size: int, num_params: int) -> int:
-        """Elements of RTRL's influence matrices ``∂(state)/∂θ``: ``|state parts|·B·H·P`` (the O(H³) term)."""
+        """Elements of RTRL's influence matrices ``∂(state)/∂θ``: ``|state parts|·B·H·P`` (the O(H³) term); for a
+        gated linear cell (one layer) ``B·P``, since unit j's state depends on unit j's parameters only."""
+        if self.gated_linear:
+            return int(batch * num_params)
         return int(len(self.state_parts) * batch * hidden_size * num_params)
 
 
 # -- the registry -------------------------------------------------------------------------------------------
 
 _CELLS: Dict[str, CellDef] = {}
-BUILTIN_CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")  # defined at the end of this module
+#: The classic cells every built-in backend runs (defined at the end of this module).
+BUILTIN_CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+#: The gated linear cells, also built in (defined at the end of this module); backends declare them one by one.
+GATED_LINEAR_CELLS = ("mingru", "minlstm", "rglru")
+_PROTECTED = BUILTIN_CELLS + GATED_LINEAR_CELLS
 _plugins_loaded = False
 _plugins_error: Optional[InputError] = None  # a failed plug-in import: raised again on every look-up
 
@@ -168,7 +208,7 @@ def register(cell: CellDef, replace: bool = False) -> CellDef:
     if not isinstance(cell, CellDef):
         raise InputError(f"cell: got {type(cell).__name__}; expected a harness.core.cells.CellDef")
     old = _CELLS.get(cell.name)
-    if old is not None and old != cell and cell.name in BUILTIN_CELLS:
+    if old is not None and old != cell and cell.name in _PROTECTED:
         raise InputError(f"cell {cell.name!r} is built in and cannot be redefined; register yours under another name")
     if old is not None and old != cell and not replace:
         raise InputError(f"cell {cell.name!r} is already defined differently; pass replace=True to redefine it")
@@ -178,7 +218,7 @@ def register(cell: CellDef, replace: bool = False) -> CellDef:
 
 def unregister(name: str) -> None:
     """Remove a plug-in cell (tests); the built-in cells stay."""
-    if name in BUILTIN_CELLS:
+    if name in _PROTECTED:
         raise InputError(f"cell {name!r} is built in and cannot be removed")
     _CELLS.pop(name, None)
 
@@ -214,10 +254,11 @@ def load_plugins() -> List[str]:
     return mods
 
 
-def names() -> Tuple[str, ...]:
-    """Every known cell: the built-ins first, then plug-ins in the order they registered."""
+def names(gated_linear: Optional[bool] = None) -> Tuple[str, ...]:
+    """Every known cell: the built-ins first, then plug-ins in the order they registered; with ``gated_linear``
+    True or False only the cells that are (or are not) gated linear recurrences."""
     load_plugins()
-    return tuple(_CELLS)
+    return tuple(n for n, c in _CELLS.items() if gated_linear is None or c.gated_linear == gated_linear)
 
 
 def get(name: str) -> CellDef:
@@ -241,3 +282,22 @@ register(CellDef("lstm", ("i", "f", "g", "o"), state_parts=("h", "c"), bias_gate
 register(CellDef("gru", ("r", "z", "n"), bias_gate="z", bias_gate_role="update", bptt_extra_per_step=1,
                  bptt_backward_gate_buffers=2,
                  description="GRU (PyTorch/cuDNN form: reset applied after the recurrent matmul)"))
+
+
+#: The RG-LRU's exponent c (a_t = σ(Λ)^(c·r_t)) and the range its default init draws σ(Λ)^c from (the paper's).
+RGLRU_C = 8.0
+RGLRU_A_RANGE = (0.9, 0.999)
+
+
+def _rglru_lam(rng, hidden_size: int) -> Dict[str, np.ndarray]:
+    """Λ with σ(Λ)^c uniform in :data:`RGLRU_A_RANGE`."""
+    s = rng.uniform(*RGLRU_A_RANGE, size=hidden_size) ** (1.0 / RGLRU_C)  # σ(Λ)
+    return {"lam": np.log(s) - np.log1p(-s)}
+
+
+register(CellDef("mingru", ("z", "h"), gated_linear=True,
+                 description="minGRU (Feng et al. 2024): z = σ(W_z x + b_z), h' = (1 − z) h + z (W_h x + b_h)"))
+register(CellDef("minlstm", ("f", "i", "h"), gated_linear=True,
+                 description="minLSTM (Feng et al. 2024): h' = f/(f+i) h + i/(f+i) (W_h x + b_h), f, i sigmoids of x"))
+register(CellDef("rglru", ("a", "x", "u"), gated_linear=True, unit_params=("lam",), unit_param_init=_rglru_lam,
+                 description="RG-LRU (De et al. 2024): a = σ(Λ)^(8 r), h' = a h + sqrt(1 − a²) (i ⊙ (W_u x + b_u))"))

@@ -3,6 +3,9 @@
 One :class:`LayerParams` per layer: ``w_ih (G*H, I_l)``, ``w_hh (G*H, H)``, ``b_ih (G*H,)``,
 ``b_hh (G*H,)`` (the biases are ``None`` when ``spec.bias`` is False). Gate blocks are stacked in
 PyTorch's order: LSTM ``i, f, g, o``; GRU ``r, z, n``. Every backend converts from/to this layout.
+A gated linear cell (minGRU, minLSTM, RG-LRU) has no ``w_hh``/``b_hh`` (``None``) and may have per-unit
+vectors such as the RG-LRU's ``lam (H,)``: a layer holds exactly its cell's parameters
+(:meth:`harness.core.cells.CellDef.param_shapes`).
 
 Every random draw comes from ``numpy.random.default_rng(seed)``: the same seed gives the same
 weights in every backend.
@@ -17,18 +20,20 @@ import numpy as np
 from harness.core.errors import InputError, InputTypeError
 from harness.core.spec import CellSpec, State, check_dtype, check_finite
 
-PARAM_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
+PARAM_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "lam")
 INITS = ("default", "orthogonal", "spectral")
 
 
 @dataclass
 class LayerParams:
-    """One layer's weights (NumPy arrays). Biases are ``None`` for ``bias=False``."""
+    """One layer's weights (NumPy arrays). Biases are ``None`` for ``bias=False``; ``w_hh`` and ``b_hh`` for a gated
+    linear cell; ``lam`` for every cell but the RG-LRU."""
 
     w_ih: np.ndarray
-    w_hh: np.ndarray
+    w_hh: Optional[np.ndarray] = None
     b_ih: Optional[np.ndarray] = None
     b_hh: Optional[np.ndarray] = None
+    lam: Optional[np.ndarray] = None
 
     def items(self) -> Iterator[Tuple[str, np.ndarray]]:
         """(name, array) for each present parameter, in canonical order."""
@@ -99,10 +104,13 @@ class Params:
                 where = f"{name}.layers[{l}].{n}"
                 if n not in shapes:
                     if a is not None:
-                        raise InputError(f"{where}: spec has bias=False, so it must be None; got an array")
+                        why = ("spec has bias=False" if n in ("b_ih", "b_hh") and spec.bias is False
+                               and n in spec.definition.param_shapes(1, 1, True) else
+                               f"a {spec.cell} layer has only {', '.join(shapes)}")
+                        raise InputError(f"{where}: {why}, so it must be None; got an array")
                     continue
                 if a is None:
-                    raise InputError(f"{where}: missing; spec has bias=True and expects shape {shapes[n]}")
+                    raise InputError(f"{where}: missing; a {spec.cell} layer of {spec} expects shape {shapes[n]}")
                 if not isinstance(a, np.ndarray):
                     raise InputTypeError(f"{where}: got {type(a).__name__}; expected a NumPy array")
                 check_dtype(a.dtype)
@@ -176,6 +184,9 @@ def init_params(spec: CellSpec, seed: int = 0, dtype="float64", init: str = "def
         raise InputError(f"gate_bias: a {spec.cell} has no forget/update gate; allowed only for {', '.join(gated)}")
     if gate_bias != 0.0 and not spec.bias:
         raise InputError("gate_bias: the spec has bias=False, so there is no bias to offset")
+    if init != "default" and spec.definition.gated_linear:
+        raise InputError(f"init: got {init!r}; a {spec.cell} has no recurrent matrix w_hh to make orthogonal or "
+                         "spectral; allowed: default")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise InputTypeError(f"seed: got {seed!r}; allowed: an integer")
 
@@ -186,7 +197,10 @@ def init_params(spec: CellSpec, seed: int = 0, dtype="float64", init: str = "def
     for l in range(spec.num_layers):
         shapes = spec.layer_shapes(l)
         # Draw every tensor in canonical order so that the stream is stable across init choices.
-        arrays = {n: rng.uniform(-k, k, size=s) for n, s in shapes.items()}
+        unit = spec.definition.unit_params
+        arrays = {n: rng.uniform(-k, k, size=s) for n, s in shapes.items() if n not in unit}
+        if unit:
+            arrays.update(spec.definition.unit_param_init(rng, H))
         if init != "default":
             blocks = [(_orthogonal(rng, H) * rho) if init == "orthogonal" else _spectral(rng, H, rho)
                       for _ in range(G)]

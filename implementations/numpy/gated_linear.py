@@ -12,65 +12,37 @@ the output ``y_t`` is the last layer's ``h_t``; states ``(L, B, H)``.
 - ``rglru``:   ``W (3H, I)`` rows ``[a; x; u]`` and ``lam (H,)``: ``r = σ(A_a)``, ``i = σ(A_x)``,
   ``log a = −c · r ⊙ softplus(−Λ)`` (so ``a = σ(Λ)^(c·r)``, c = :data:`RGLRU_C`), ``u = sqrt(1 − a²) ⊙ i ⊙ A_u``.
 
-A layer's parameters are a dict with exactly its own arrays (``w_ih``, ``b_ih``, and ``lam`` for the RG-LRU);
-gradients come back in the same structure. L = Σ_t <dy_t, y_t> + <dh_T, h_T>, as for the other cells.
+The cells are defined in :mod:`harness.core.cells` (``mingru``, ``minlstm``, ``rglru``); their layers hold exactly
+their own parameters (``w_ih``, ``b_ih``, and ``lam`` for the RG-LRU; :class:`~harness.core.params.LayerParams`),
+and gradients come back in the same structure. L = Σ_t <dy_t, y_t> + <dh_T, h_T>, as for the other cells.
 
 Why RTRL is cheap here: ∂h_t[j]/∂θ is non-zero only for unit j's own parameters (its rows of W and b, its Λ_j),
 because h_t[j] depends on h_{t-1}[j] alone. The influence is ``(B, H, p)`` with p the parameters per unit
 (``G·(I+1)`` plus 1 for Λ), i.e. O(B·P) memory and O(B·P) time per step: the cost of one BPTT step's parameter
 gradient, where a dense RNN's RTRL costs O(B·H·P) memory and O(B·H²·P) time.
 
-Not yet wired into the cell registry or the suites (``harness.core.cells``); this is the maths they will use.
+No backend runs these cells yet through the common interface and no suite measures them: this is the reference
+the NumPy backend, the torch and JAX variants and the suites will be checked against.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
+from harness.core import cells as _cells
 from harness.core.errors import InputError
+from harness.core.params import Grads, LayerParams, Params
+from harness.core.spec import CellSpec, check_sequence
 
-#: Gate blocks of W per cell, in row order.
-GATES: Dict[str, Tuple[str, ...]] = {"mingru": ("z", "h"), "minlstm": ("f", "i", "h"), "rglru": ("a", "x", "u")}
-#: The RG-LRU's fixed exponent c.
-RGLRU_C = 8.0
-#: The RG-LRU's default init draws a = σ(Λ)^c uniformly in this range (the paper's).
-RGLRU_A_RANGE = (0.9, 0.999)
-
-Layer = Dict[str, np.ndarray]
+RGLRU_C = _cells.RGLRU_C
 
 
-def _cell(cell: str) -> Tuple[str, ...]:
-    if cell not in GATES:
-        raise InputError(f"cell: got {cell!r}; allowed: {', '.join(GATES)}")
-    return GATES[cell]
-
-
-def param_shapes(cell: str, input_size: int, hidden_size: int) -> Dict[str, Tuple[int, ...]]:
-    """One layer's parameters: ``w_ih (G·H, I)``, ``b_ih (G·H,)``, and ``lam (H,)`` for the RG-LRU."""
-    G, H = len(_cell(cell)), hidden_size
-    shapes = {"w_ih": (G * H, input_size), "b_ih": (G * H,)}
-    if cell == "rglru":
-        shapes["lam"] = (H,)
-    return shapes
-
-
-def init_layers(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, seed: int = 0,
-                dtype="float64") -> List[Layer]:
-    """Seeded parameters: U(−1/√H, 1/√H) for ``w_ih`` and ``b_ih`` (as PyTorch's RNNs); for the RG-LRU, Λ such
-    that σ(Λ)^c is uniform in :data:`RGLRU_A_RANGE`."""
-    rng = np.random.default_rng(seed)
-    k = 1.0 / np.sqrt(hidden_size)
-    out = []
-    for l in range(num_layers):
-        shapes = param_shapes(cell, input_size if l == 0 else hidden_size, hidden_size)
-        lay = {n: rng.uniform(-k, k, size=s) for n, s in shapes.items() if n != "lam"}
-        if "lam" in shapes:
-            a = rng.uniform(*RGLRU_A_RANGE, size=shapes["lam"])
-            s = a ** (1.0 / RGLRU_C)  # σ(Λ)
-            lay["lam"] = np.log(s) - np.log1p(-s)
-        out.append({n: np.ascontiguousarray(v, dtype=dtype) for n, v in lay.items()})
-    return out
+def _gates(spec: CellSpec) -> int:
+    d = spec.definition
+    if not d.gated_linear or spec.cell not in _cells.GATED_LINEAR_CELLS:
+        raise InputError(f"cell: got {spec.cell!r}; this reference runs {', '.join(_cells.GATED_LINEAR_CELLS)}")
+    return d.gates
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
@@ -83,7 +55,7 @@ def _softplus(a: np.ndarray) -> np.ndarray:
 
 def coefficients(cell: str, A: np.ndarray, lam: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, tuple]:
     """``(a, u, cache)`` of ``h = a ⊙ h_prev + u`` from the pre-activations ``A = x Wᵀ + b`` ``(..., G·H)``."""
-    G = len(_cell(cell))
+    G = _cells.get(cell).gates
     H = A.shape[-1] // G
     blocks = [A[..., g * H:(g + 1) * H] for g in range(G)]
     if cell == "mingru":
@@ -125,27 +97,26 @@ def coefficients_vjp(cell: str, cache: tuple, da: np.ndarray, du: np.ndarray,
     return np.concatenate([dr * r * (1.0 - r), dv * uu * i * (1.0 - i), dv * i], axis=-1), dlam
 
 
-def _check(cell: str, layers: List[Layer], x: np.ndarray, h0: Optional[np.ndarray]):
-    _cell(cell)
-    if not isinstance(x, np.ndarray) or x.ndim != 3:
-        raise InputError(f"x: expected a (T, B, I) array; got {getattr(x, 'shape', type(x).__name__)}")
-    T, B, I = x.shape
-    if not layers:
-        raise InputError("layers: expected at least one layer")
-    H = layers[0]["b_ih"].shape[0] // len(GATES[cell])
-    for l, lay in enumerate(layers):
-        want = param_shapes(cell, I if l == 0 else H, H)
-        got = {n: tuple(np.shape(v)) for n, v in lay.items()}
-        if got != want:
-            raise InputError(f"layers[{l}]: got {got}; expected exactly {want} for {cell}")
-    if h0 is not None and np.shape(h0) != (len(layers), B, H):
-        raise InputError(f"h0: got shape {np.shape(h0)}; expected {(len(layers), B, H)}")
+def _check(spec: CellSpec, params: Params, x: np.ndarray, h0: Optional[np.ndarray]) -> Tuple[int, int, int]:
+    _gates(spec)
+    if not isinstance(params, Params):
+        raise InputError(f"params: got {type(params).__name__}; expected harness.core.params.Params")
+    params.validate(spec)
+    check_sequence(spec, x)
+    if x.dtype != params.dtype:
+        raise InputError(f"x: dtype {x.dtype} differs from the parameters' {params.dtype}")
+    T, B, _ = x.shape
+    H = spec.hidden_size
+    if h0 is not None and np.shape(h0) != (spec.num_layers, B, H):
+        raise InputError(f"state: got shape {np.shape(h0)}; expected {(spec.num_layers, B, H)}")
     return T, B, H
 
 
-def _layer_coeffs(cell: str, lay: Layer, xin: np.ndarray):
-    A = xin @ lay["w_ih"].T + lay["b_ih"]
-    return coefficients(cell, A, lay.get("lam"))
+def _layer_coeffs(cell: str, lp: LayerParams, xin: np.ndarray):
+    A = xin @ lp.w_ih.T
+    if lp.b_ih is not None:
+        A = A + lp.b_ih
+    return coefficients(cell, A, lp.lam)
 
 
 def linear_scan(a: np.ndarray, u: np.ndarray, h0: np.ndarray) -> np.ndarray:
@@ -175,67 +146,65 @@ def parallel_scan(a: np.ndarray, u: np.ndarray, h0: np.ndarray) -> np.ndarray:
     return U
 
 
-def forward(cell: str, layers: List[Layer], x: np.ndarray, h0: Optional[np.ndarray] = None,
+def forward(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarray] = None,
             scan: str = "sequential") -> Tuple[np.ndarray, np.ndarray]:
     """``(y (T, B, H), h_T (L, B, H))``; ``scan`` is ``sequential`` or ``parallel`` (:func:`parallel_scan`)."""
-    T, B, H = _check(cell, layers, x, h0)
+    T, B, H = _check(spec, params, x, state)
     if scan not in ("sequential", "parallel"):
         raise InputError(f"scan: got {scan!r}; allowed: sequential, parallel")
     run = linear_scan if scan == "sequential" else parallel_scan
     xin, finals = x, []
-    for l, lay in enumerate(layers):
-        a, u, _ = _layer_coeffs(cell, lay, xin)
-        hs = run(a, u, np.zeros((B, H), x.dtype) if h0 is None else h0[l])
+    for l, lp in enumerate(params.layers):
+        a, u, _ = _layer_coeffs(spec.cell, lp, xin)
+        hs = run(a, u, np.zeros((B, H), x.dtype) if state is None else state[l])
         finals.append(hs[-1])
         xin = hs
     return xin, np.stack(finals)
 
 
-def vjp(cell: str, layers: List[Layer], x: np.ndarray, h0: Optional[np.ndarray], dy: Optional[np.ndarray],
-        dh_T: Optional[np.ndarray]) -> Tuple[List[Layer], np.ndarray, np.ndarray]:
-    """BPTT: ``(d layers, dx (T, B, I), dh0 (L, B, H))`` of L = Σ_t <dy_t, y_t> + <dh_T, h_T>."""
-    T, B, H = _check(cell, layers, x, h0)
-    L = len(layers)
-    h0 = np.zeros((L, B, H), x.dtype) if h0 is None else h0
+def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarray], dy: Optional[np.ndarray],
+        d_final_state: Optional[np.ndarray]) -> Grads:
+    """BPTT of L = Σ_t <dy_t, y_t> + <dh_T, h_T>: parameter gradients (the cell's own parameters only),
+    ``dx (T, B, I)`` and ``dstate (L, B, H)``."""
+    T, B, H = _check(spec, params, x, state)
+    L = spec.num_layers
+    h0 = np.zeros((L, B, H), x.dtype) if state is None else state
     ins, caches = [], []
     xin = x
-    for l, lay in enumerate(layers):
-        a, u, cache = _layer_coeffs(cell, lay, xin)
+    for l, lp in enumerate(params.layers):
+        a, u, cache = _layer_coeffs(spec.cell, lp, xin)
         hs = linear_scan(a, u, h0[l])
         ins.append(xin)
         caches.append((a, hs, cache))
         xin = hs
     dout = np.zeros((T, B, H), x.dtype) if dy is None else np.array(dy, dtype=x.dtype)
-    grads: List[Layer] = [None] * L  # type: ignore[list-item]
+    grads: List[LayerParams] = [None] * L  # type: ignore[list-item]
     dh0 = np.zeros((L, B, H), x.dtype)
     for l in range(L - 1, -1, -1):
         a, hs, cache = caches[l]
-        lay = layers[l]
+        lp = params.layers[l]
         delta = np.empty_like(dout)  # ∂L/∂h_t, total
-        carry = np.zeros((B, H), x.dtype) if dh_T is None else np.array(dh_T[l], dtype=x.dtype)
+        carry = np.zeros((B, H), x.dtype) if d_final_state is None else np.array(d_final_state[l], dtype=x.dtype)
         for t in range(T - 1, -1, -1):
             carry = dout[t] + carry
             delta[t] = carry
             carry = a[t] * carry
         dh0[l] = carry
         h_prev = np.concatenate([h0[l][None], hs[:-1]], axis=0)
-        dA, dlam = coefficients_vjp(cell, cache, delta * h_prev, delta, lay.get("lam"))
-        xin = ins[l]
-        g = {"w_ih": np.einsum("tbg,tbi->gi", dA, xin), "b_ih": dA.sum(axis=(0, 1))}
-        if dlam is not None:
-            g["lam"] = dlam
-        grads[l] = g
-        dout = dA @ lay["w_ih"]  # the cotangent of the layer's input: dx, or the layer below's dy
-    return grads, dout, dh0
+        dA, dlam = coefficients_vjp(spec.cell, cache, delta * h_prev, delta, lp.lam)
+        grads[l] = LayerParams(w_ih=np.einsum("tbg,tbi->gi", dA, ins[l]),
+                               b_ih=None if lp.b_ih is None else dA.sum(axis=(0, 1)), lam=dlam)
+        dout = dA @ lp.w_ih  # the cotangent of the layer's input: dx, or the layer below's dy
+    return Grads(params=Params(grads), dx=dout, dstate=dh0, extra={"algorithm": "bptt"})
 
 
-def hidden_grads(cell: str, layers: List[Layer], x: np.ndarray, dh_T: np.ndarray) -> np.ndarray:
+def hidden_grads(spec: CellSpec, params: Params, x: np.ndarray, dh_T: np.ndarray) -> np.ndarray:
     """∂L/∂h_t of the last layer for L = <dh_T, h_T> ``(T, B, H)`` (``[-1]`` is ``dh_T``): exactly
     ``dh_T ⊙ Π_{s>t} a_s``, since ∂h_t/∂h_{t−1} = diag(a_t)."""
-    T, B, H = _check(cell, layers, x, None)
+    T, B, H = _check(spec, params, x, None)
     xin = x
-    for lay in layers:
-        a, u, _ = _layer_coeffs(cell, lay, xin)
+    for lp in params.layers:
+        a, u, _ = _layer_coeffs(spec.cell, lp, xin)
         xin = linear_scan(a, u, np.zeros((B, H), x.dtype))
     g = np.empty((T, B, H), x.dtype)
     g[-1] = dh_T
@@ -244,61 +213,51 @@ def hidden_grads(cell: str, layers: List[Layer], x: np.ndarray, dh_T: np.ndarray
     return g
 
 
-def rtrl_memory_elements(cell: str, batch: int, input_size: int, hidden_size: int) -> int:
-    """Elements of the per-unit influence ``(B, H, p)``: B·P, P the layer's parameter count."""
-    p = sum(int(np.prod(s)) for s in param_shapes(cell, input_size, hidden_size).values())
-    return int(batch * p)
-
-
-def rtrl(cell: str, layers: List[Layer], x: np.ndarray, h0: Optional[np.ndarray], dy: Optional[np.ndarray],
-         dh_T: Optional[np.ndarray]) -> Tuple[List[Layer], np.ndarray]:
-    """Exact RTRL, forward in time, one layer: ``(d layers, dh0)``, equal to :func:`vjp`'s.
+def rtrl(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarray], dy: Optional[np.ndarray],
+         d_final_state: Optional[np.ndarray]) -> Tuple[Params, np.ndarray]:
+    """Exact RTRL, forward in time, one layer: ``(parameter gradients, dstate)``, equal to :func:`vjp`'s.
 
     The influence of unit j holds only unit j's parameters: ``M[b, j, g, k] = ∂h_t[b, j]/∂W[g·H + j, k]``
     (with the bias as column k = I) and ``m_lam[b, j] = ∂h_t[b, j]/∂Λ_j``; ``d[b, j] = ∂h_t[b, j]/∂h_0[b, j]``.
-    Each step is elementwise in (b, j) plus one outer product with ``[x_t, 1]``: O(B·P) time and memory."""
-    T, B, H = _check(cell, layers, x, h0)
-    if len(layers) != 1:
-        raise NotImplementedError(f"rtrl for {cell}: one layer only (got {len(layers)}); above the first layer a "
-                                  "unit's state depends on every unit below, so the influence is no longer per unit")
-    lay = layers[0]
-    G, I = len(GATES[cell]), x.shape[2]
+    Each step is elementwise in (b, j) plus one outer product with ``[x_t, 1]``: O(B·P) time and memory
+    (:meth:`harness.core.cells.CellDef.rtrl_influence_elements`)."""
+    T, B, H = _check(spec, params, x, state)
+    if spec.num_layers != 1:
+        raise NotImplementedError(f"rtrl for {spec.cell}: one layer only (got {spec.num_layers}); above the first "
+                                  "layer a unit's state depends on every unit below, so the influence is no longer "
+                                  "per unit")
+    lp = params.layers[0]
+    G, I = spec.gates, x.shape[2]
     dt = x.dtype
-    h = np.zeros((B, H), dt) if h0 is None else np.array(h0[0], dtype=dt)
+    h = np.zeros((B, H), dt) if state is None else np.array(state[0], dtype=dt)
     M = np.zeros((B, H, G, I + 1), dt)
-    m_lam = np.zeros((B, H), dt) if cell == "rglru" else None
+    m_lam = np.zeros((B, H), dt) if lp.lam is not None else None
     dstate = np.ones((B, H), dt)  # ∂h_t/∂h_0, per unit
     acc_W = np.zeros((H, G, I + 1), dt)
     acc_lam = np.zeros(H, dt) if m_lam is not None else None
     acc_h0 = np.zeros((B, H), dt)
-    lam = lay.get("lam")
     ones = np.ones((B, 1), dt)
     for t in range(T):
-        xt = np.concatenate([x[t], ones], axis=1)  # (B, I+1)
-        A = x[t] @ lay["w_ih"].T + lay["b_ih"]
-        a, u, cache = coefficients(cell, A, lam)
-        # Immediate part: ∂(a ⊙ h_prev + u)/∂A and /∂Λ, by the same local vjp with unit cotangents, per gate.
-        dA_unit, _ = coefficients_vjp(cell, cache, h, np.ones_like(h), lam)  # (B, G·H): Σ over a and u paths
+        xt = np.concatenate([x[t], ones], axis=1)  # (B, I+1): the bias is the last column
+        a, u, cache = _layer_coeffs(spec.cell, lp, x[t])
+        # Immediate part: ∂(a ⊙ h_prev + u)/∂A by the local vjp with cotangents (h_prev, 1), per gate.
+        dA_unit, _ = coefficients_vjp(spec.cell, cache, h, np.ones_like(h), lp.lam)  # (B, G·H)
         coef = dA_unit.reshape(B, G, H).transpose(0, 2, 1)  # (B, H, G)
         M *= a[:, :, None, None]
         M += coef[:, :, :, None] * xt[:, None, None, :]
         if m_lam is not None:
-            r, sp = cache[0], cache[3]
-            q, v = cache[5], cache[6]
-            dla_dlam = -RGLRU_C * r * (-_sigmoid(-lam))  # ∂la/∂Λ
+            r, q, v = cache[0], cache[5], cache[6]
+            dla_dlam = RGLRU_C * r * _sigmoid(-lp.lam)  # ∂ log a/∂Λ
             m_lam = a * m_lam + (h * a - v * a * a / q) * dla_dlam
         dstate *= a
         h = a * h + u
         cot = np.zeros((B, H), dt) if dy is None else dy[t]
-        if t == T - 1 and dh_T is not None:
-            cot = cot + dh_T[0]
+        if t == T - 1 and d_final_state is not None:
+            cot = cot + d_final_state[0]
         acc_W += np.einsum("bj,bjgk->jgk", cot, M)
         if m_lam is not None:
             acc_lam += (cot * m_lam).sum(axis=0)
         acc_h0 += cot * dstate
     w = acc_W[:, :, :I].transpose(1, 0, 2).reshape(G * H, I)
-    b = acc_W[:, :, I].T.reshape(G * H)
-    g = {"w_ih": w, "b_ih": b}
-    if acc_lam is not None:
-        g["lam"] = acc_lam
-    return [g], acc_h0[None]
+    b = acc_W[:, :, I].T.reshape(G * H) if lp.b_ih is not None else None
+    return Params([LayerParams(w_ih=w, b_ih=b, lam=acc_lam)]), acc_h0[None]

@@ -55,8 +55,9 @@ def _cell(name: str):
 
 
 def _all_cells() -> Tuple[str, ...]:
+    """The cells with a theory here (vanilla and gated); the gated linear cells' exact theory is not yet."""
     from harness.core import cells
-    return cells.names()
+    return cells.names(gated_linear=False)
 #: Thresholds of the checks (stated in the rows' ``threshold``).
 TANH_RATE_RTOL = 0.03
 LINEAR_RTOL = 1e-10

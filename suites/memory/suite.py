@@ -140,7 +140,7 @@ def _points(preset: str) -> List[Point]:
 def _smoke_other_cells(P: List[Point], done: Sequence[str]) -> None:
     """Smoke: every registered cell not swept above gets a short T sweep (BPTT, RTRL, chunked tBPTT)."""
     from harness.core import cells
-    for cell in cells.names():
+    for cell in cells.names(gated_linear=False):
         if cell in done:
             continue
         for T in (10, 20):
@@ -163,7 +163,7 @@ def _for_backend(backend: str, preset: str, device: str) -> List[Point]:
     if caps.get("reference"):
         return _points(preset)
     offered = tuple(caps.get("algorithms") or ("bptt",))
-    supported = [c for c in cells.names() if c in (caps.get("cells") or ())]
+    supported = [c for c in cells.names(gated_linear=False) if c in (caps.get("cells") or ())]
     cell0 = "rnn_tanh" if "rnn_tanh" in supported else (supported[0] if supported else "rnn_tanh")
     if preset == "smoke":
         # A fresh framework process costs seconds per point: two short BPTT points of one supported cell, one of
@@ -171,7 +171,7 @@ def _for_backend(backend: str, preset: str, device: str) -> List[Point]:
         # H=64, B=8: peaks of hundreds of kB, well above the allocator's page granularity (at H=16, B=4 they were
         # a few 4 KiB pages and the fitted slope meant nothing).
         out = [Point("T", cell0, 8, T, 64, "bptt") for T in (20, 40)]
-        out += [Point("T", c, 8, 20, 64, "bptt") for c in cells.names() if c != cell0]
+        out += [Point("T", c, 8, 20, 64, "bptt") for c in cells.names(gated_linear=False) if c != cell0]
         return out
     if preset == "quick":
         # quick: other frameworks get a BPTT T sweep of their own at H=64, B=8 — on NumPy's H=16 points their
