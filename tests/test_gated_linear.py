@@ -173,3 +173,35 @@ def test_bad_input_is_named():
         gl.forward(spec, p, x[:, :, :2], None)
     with pytest.raises(InputError, match="state: got shape"):
         gl.forward(spec, p, x, h0[:, :1])
+
+
+def test_the_numpy_backend_runs_them_through_the_common_interface():
+    from implementations import registry
+    be = registry.instance("numpy", "cpu")
+    spec, p, x, h0, dy, dhT = _setting("rglru", T=9, L=1)
+    assert set(cells.GATED_LINEAR_CELLS) <= set(be.supported_cells())
+    y, hT = be.forward(spec, p, x, h0)
+    np.testing.assert_array_equal(y, gl.forward(spec, p, x, h0)[0])
+    gb = be.vjp(spec, p, x, h0, dy, dhT)
+    gr = be.vjp(spec, p, x, h0, dy, dhT, algorithm="rtrl")
+    assert gr.extra["algorithm"] == "rtrl"
+    np.testing.assert_allclose(gr.params.flat(), gb.params.flat(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gr.dstate, gb.dstate, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(gr.dx, gb.dx)
+    assert "one layer" in be.supports(CellSpec("rglru", 3, 4, 2), algorithm="rtrl")
+    assert "no truncated BPTT" in be.supports(spec, algorithm="tbptt")
+    # torch and JAX do not claim them (yet): the suites ask, and skip with the reason
+    from implementations.base import BackendBase
+    assert "does not support cell 'mingru'" in BackendBase().supports(CellSpec("mingru", 3, 4))
+
+
+def test_rtrl_memory_is_flat_in_T_and_bptt_memory_is_not():
+    from implementations import registry
+    be = registry.instance("numpy", "cpu")
+    peaks = {}
+    for T in (50, 400):
+        spec, p, x, _, dy, _ = _setting("mingru", T=T, B=2, I=16, H=32, L=1)
+        for alg in ("bptt", "rtrl"):
+            peaks[alg, T] = be.peak_memory(spec, p, x, dy, None, algorithm=alg)["peak_bytes"]
+    assert peaks["rtrl", 400] < 1.1 * peaks["rtrl", 50]  # independent of T
+    assert peaks["bptt", 400] > 4 * peaks["bptt", 50]  # grows with T

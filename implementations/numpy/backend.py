@@ -1,6 +1,6 @@
 """The NumPy reference backend: wires :mod:`implementations.numpy.rnn` (forward, BPTT, tBPTT of the built-in
-cells, fused) and :mod:`implementations.numpy.steps` (any other cell with a registered step) to the common
-interface.
+cells, fused), :mod:`implementations.numpy.gated_linear` (minGRU, minLSTM, RG-LRU) and
+:mod:`implementations.numpy.steps` (any other cell with a registered step) to the common interface.
 
 RTRL and CTC hooks come from their own modules (``numpy.rtrl``, ``numpy.ctc``) and are imported when first used.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.core.cells import GATED_LINEAR_CELLS
 from implementations.base import BackendBase
+from implementations.numpy import gated_linear
 from implementations.numpy import rnn as numpy_rnn
 from implementations.numpy import steps
 
@@ -27,13 +29,20 @@ class NumpyBackend(BackendBase):
     reference = True
 
     def supported_cells(self):
-        """The fused built-ins and every cell whose NumPy step is registered."""
-        return FUSED_CELLS + tuple(c for c in steps.names() if c not in FUSED_CELLS)
+        """The fused built-ins, the gated linear cells and every cell whose NumPy step is registered."""
+        own = FUSED_CELLS + GATED_LINEAR_CELLS
+        return own + tuple(c for c in steps.names() if c not in own)
 
     def supports(self, spec, dtype=None, algorithm: str = "bptt"):
         reason = super().supports(spec, dtype, algorithm)
-        if reason is None and algorithm == "rtrl" and spec.cell not in FUSED_CELLS:
-            reason = (f"backend {self.name!r} has exact RTRL for {', '.join(FUSED_CELLS)} only; "
+        if reason is None and spec.cell in GATED_LINEAR_CELLS:
+            if algorithm == "tbptt":
+                reason = f"backend {self.name!r} has no truncated BPTT for the gated linear cell {spec.cell!r} yet"
+            elif algorithm == "rtrl" and spec.num_layers != 1:
+                reason = (f"backend {self.name!r} has exact per-unit RTRL for one layer of {spec.cell!r}; got "
+                          f"num_layers={spec.num_layers}")
+        elif reason is None and algorithm == "rtrl" and spec.cell not in FUSED_CELLS:
+            reason = (f"backend {self.name!r} has exact RTRL for {', '.join(FUSED_CELLS + GATED_LINEAR_CELLS)} only; "
                       f"cell {spec.cell!r} runs through its registered step (BPTT and tBPTT)")
         return reason
 
@@ -57,12 +66,20 @@ class NumpyBackend(BackendBase):
         self._limits = threadpool_limits(limits=int(n), user_api="blas")
 
     def _forward(self, spec, params, x, state):
+        if spec.cell in GATED_LINEAR_CELLS:
+            return gated_linear.forward(spec, params, x, state)
         if spec.cell not in FUSED_CELLS:
             return steps.forward(spec, params, x, state)
         y, final, _ = numpy_rnn.forward(spec, params, x, state)
         return y, final
 
     def _vjp(self, spec, params, x, state, dy, d_final_state, algorithm, truncation):
+        if spec.cell in GATED_LINEAR_CELLS:
+            g = gated_linear.vjp(spec, params, x, state, dy, d_final_state)
+            if algorithm == "rtrl":  # dx needs the future: it comes from the BPTT pass, as for the other cells
+                pg, dstate = gated_linear.rtrl(spec, params, x, state, dy, d_final_state)
+                g = type(g)(params=pg, dx=g.dx, dstate=dstate, extra={"algorithm": "rtrl", "dx_method": "bptt"})
+            return g
         if algorithm == "rtrl":
             from implementations.numpy import rtrl as numpy_rtrl
             return numpy_rtrl.vjp(spec, params, x, state, dy, d_final_state)
@@ -71,6 +88,8 @@ class NumpyBackend(BackendBase):
         return numpy_rnn.vjp(spec, params, x, state, dy, d_final_state, truncation=truncation)
 
     def _hidden_grads(self, spec, params, x, dh_T, return_cell):
+        if spec.cell in GATED_LINEAR_CELLS:
+            return gated_linear.hidden_grads(spec, params, x, dh_T)
         if spec.cell not in FUSED_CELLS:
             return steps.hidden_grads(spec, params, x, dh_T, return_cell=return_cell)
         return numpy_rnn.hidden_grads(spec, params, x, dh_T, return_cell=return_cell)
@@ -92,6 +111,9 @@ class NumpyBackend(BackendBase):
         self.check_supported(spec, x.dtype, algorithm)
         if impl not in ("backend", "chunked"):
             raise Unsupported(f"backend {self.name!r}: impl={impl!r} is not one of backend, chunked")
+        if algorithm == "rtrl" and spec.cell in GATED_LINEAR_CELLS:
+            return tracemalloc_peak(lambda: gated_linear.rtrl(spec, params, x, None, dy, d_final_state),
+                                    "params+dstate (dx not computed)")
         if algorithm == "rtrl":
             from implementations.numpy import rtrl as numpy_rtrl
             return tracemalloc_peak(lambda: numpy_rtrl.vjp(spec, params, x, None, dy, d_final_state, with_dx=False),
