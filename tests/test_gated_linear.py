@@ -205,3 +205,43 @@ def test_rtrl_memory_is_flat_in_T_and_bptt_memory_is_not():
             peaks[alg, T] = be.peak_memory(spec, p, x, dy, None, algorithm=alg)["peak_bytes"]
     assert peaks["rtrl", 400] < 1.1 * peaks["rtrl", 50]  # independent of T
     assert peaks["bptt", 400] > 4 * peaks["bptt", 50]  # grows with T
+
+
+@pytest.mark.parametrize("scan", ["sequential", "parallel"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_jax_agrees_with_the_reference_to_1e_10_in_float64(cell, scan):
+    pytest.importorskip("jax")
+    from implementations.jax.backend import JaxBackend
+    be = JaxBackend(scan=scan)
+    assert be.variant == ("jax-pscan" if scan == "parallel" else "jax")
+    spec, p, x, h0, dy, dhT = _setting(cell, T=17, B=2, I=3, H=5, L=2, seed=4)
+    y, hT = be.forward(spec, p, x, h0)
+    yr, hr = gl.forward(spec, p, x, h0)
+    np.testing.assert_allclose(y, yr, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hT, hr, rtol=1e-10, atol=1e-12)
+    g, gr = be.vjp(spec, p, x, h0, dy, dhT), gl.vjp(spec, p, x, h0, dy, dhT)
+    assert [n for n, _ in g.params.items()] == [n for n, _ in gr.params.items()]
+    for (n, a), (_, b) in zip(g.params.items(), gr.params.items()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=n)
+    np.testing.assert_allclose(g.dx, gr.dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g.dstate, gr.dstate, rtol=1e-10, atol=1e-12)
+    dh = dhT[-1]
+    np.testing.assert_allclose(be.hidden_grads(spec, p, x, dh), gl.hidden_grads(spec, p, x, dh), rtol=1e-10,
+                               atol=1e-14)
+    # forward-mode RTRL (jax.jvp through the scan) gives the same parameter gradient
+    g_rtrl = be.vjp(spec, p, x, h0, dy, dhT, algorithm="rtrl")
+    np.testing.assert_allclose(g_rtrl.params.flat(), gr.params.flat(), rtol=1e-10, atol=1e-12)
+
+
+def test_jax_parallel_scan_in_float32_at_T_4096():
+    pytest.importorskip("jax")
+    from implementations.jax.backend import JaxBackend
+    be = JaxBackend(scan="parallel")
+    for cell in CELLS:
+        spec, p, x, h0, _, _ = _setting(cell, T=4096, B=2, I=3, H=8, L=1, dtype="float32")
+        ref, _ = gl.forward(spec, p.astype("float64"), x.astype(np.float64), h0.astype(np.float64))
+        y, _ = be.forward(spec, p, x, h0)
+        err = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
+        assert np.isfinite(y).all() and err < 1e-4, (cell, err)
+    assert "does not support cell 'lstm'" in be.supports(CellSpec("lstm", 3, 4))
+    assert "tbptt" in (be.supports(CellSpec("mingru", 3, 4), algorithm="tbptt") or "")

@@ -53,6 +53,11 @@ class CellDef:
             (the RG-LRU's ``lam``).
         unit_param_init: ``f(rng, H) -> {name: (H,) array}`` drawing :attr:`unit_params` for the default init
             (after the weights, from the same generator).
+        coefficients: gated linear cells: ``f(A, unit, xp) -> (a, u, parts)``, the ``a_t`` and ``u_t`` of
+            ``h_t = a_t ⊙ h_{t−1} + u_t`` from the pre-activations ``A = x W_ihᵀ + b_ih`` ``(..., G·H)`` and the
+            unit parameters (a dict), for any NumPy-like array module ``xp`` (``numpy``, ``jax.numpy``,
+            ``torch`` through its NumPy-named functions); ``parts`` are the intermediates a hand-written
+            backward reuses. The one definition of the cell's maths: every backend calls it.
     """
 
     name: str
@@ -67,6 +72,7 @@ class CellDef:
     gated_linear: bool = False
     unit_params: Tuple[str, ...] = ()
     unit_param_init: Optional[Callable] = field(default=None, compare=False, repr=False)
+    coefficients: Optional[Callable] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -97,6 +103,9 @@ class CellDef:
                              "identifiers other than w_ih, w_hh, b_ih, b_hh, e.g. ('lam',)")
         if u and (self.unit_param_init is None or not callable(self.unit_param_init)):
             raise InputError(f"CellDef {self.name!r}: unit_params {u} need a unit_param_init(rng, H) -> dict")
+        if self.gated_linear and (self.coefficients is None or not callable(self.coefficients)):
+            raise InputError(f"CellDef {self.name!r}: a gated linear cell needs coefficients(A, unit, xp) -> "
+                             "(a, u, parts)")
         if self.gated_linear and (self.activation is not None or self.bias_gate is not None
                                   or self.has_cell_state):
             raise InputError(f"CellDef {self.name!r}: a gated linear cell has one state part and neither an "
@@ -295,9 +304,46 @@ def _rglru_lam(rng, hidden_size: int) -> Dict[str, np.ndarray]:
     return {"lam": np.log(s) - np.log1p(-s)}
 
 
-register(CellDef("mingru", ("z", "h"), gated_linear=True,
+def _sigmoid(a, xp):
+    return 0.5 * (1.0 + xp.tanh(0.5 * a))  # no overflow for large |a|, in every array module
+
+
+def _blocks(A, G: int):
+    H = A.shape[-1] // G
+    return [A[..., g * H:(g + 1) * H] for g in range(G)]
+
+
+def _mingru(A, unit, xp):
+    """z = σ(A_z), a = 1 − z, u = z ⊙ A_h."""
+    az, ah = _blocks(A, 2)
+    z = _sigmoid(az, xp)
+    return 1.0 - z, z * ah, (z, ah)
+
+
+def _minlstm(A, unit, xp):
+    """f = σ(A_f), i = σ(A_i), a = f / (f + i), u = i / (f + i) ⊙ A_h."""
+    af, ai, ah = _blocks(A, 3)
+    f, i = _sigmoid(af, xp), _sigmoid(ai, xp)
+    s = f + i
+    return f / s, (i / s) * ah, (f, i, s, ah)
+
+
+def _rglru(A, unit, xp):
+    """r = σ(A_a), i = σ(A_x), a = exp(−c · r ⊙ softplus(−Λ)), u = sqrt(1 − a²) ⊙ i ⊙ A_u."""
+    aa, ax, au = _blocks(A, 3)
+    lam = unit["lam"]
+    r, i = _sigmoid(aa, xp), _sigmoid(ax, xp)
+    sp = xp.logaddexp(0.0 * lam, -lam)  # softplus(−Λ), stable
+    a = xp.exp(-RGLRU_C * r * sp)
+    q = xp.sqrt(1.0 - a * a)
+    v = i * au
+    return a, q * v, (r, i, au, sp, a, q, v)
+
+
+register(CellDef("mingru", ("z", "h"), gated_linear=True, coefficients=_mingru,
                  description="minGRU (Feng et al. 2024): z = σ(W_z x + b_z), h' = (1 − z) h + z (W_h x + b_h)"))
-register(CellDef("minlstm", ("f", "i", "h"), gated_linear=True,
+register(CellDef("minlstm", ("f", "i", "h"), gated_linear=True, coefficients=_minlstm,
                  description="minLSTM (Feng et al. 2024): h' = f/(f+i) h + i/(f+i) (W_h x + b_h), f, i sigmoids of x"))
 register(CellDef("rglru", ("a", "x", "u"), gated_linear=True, unit_params=("lam",), unit_param_init=_rglru_lam,
+                 coefficients=_rglru,
                  description="RG-LRU (De et al. 2024): a = σ(Λ)^(8 r), h' = a h + sqrt(1 − a²) (i ⊙ (W_u x + b_u))"))

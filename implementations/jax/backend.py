@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from harness.core import cells as _cells
 from harness.core.params import Grads, LayerParams, Params
 from harness.core.spec import CellSpec
 from implementations.base import BackendBase
@@ -49,9 +50,47 @@ PTree = List[Dict[str, jax.Array]]
 # ---------------------------------------------------------------------------------------------------------------
 # The network, as pure functions of pytrees (traced under jit)
 # ---------------------------------------------------------------------------------------------------------------
+def _combine(left, right):
+    """The associative operator of ``h = a ⊙ h_prev + u``: applying (a₁, u₁) then (a₂, u₂)."""
+    a1, u1 = left
+    a2, u2 = right
+    return a2 * a1, a2 * u1 + u2
+
+
+def _gated_linear_layer(cell: str, lp: Dict[str, jax.Array], x: jax.Array, h0: jax.Array, *, unroll: int,
+                        precision, truncation=None, probe_h: Optional[jax.Array] = None, scan: str = "sequential"):
+    """A gated linear layer (:attr:`harness.core.cells.CellDef.coefficients`): all gates from one input matmul,
+    then ``h_t = a_t ⊙ h_{t−1} + u_t`` by ``lax.scan`` (sequential) or ``lax.associative_scan`` (parallel: the
+    first element absorbs h0). A probe enters ``u_t``, i.e. the recurrence itself (total derivative)."""
+    A = jnp.einsum("tbi,gi->tbg", x, lp["w_ih"], precision=precision)
+    if "b_ih" in lp:
+        A = A + lp["b_ih"]
+    a, u, _ = _cells.get(cell).coefficients(A, lp, jnp)
+    if probe_h is not None:
+        u = u + probe_h
+    if scan == "parallel":
+        if truncation is not None:
+            raise InputError("truncation: the parallel scan has no steps to cut between")
+        u = u.at[0].add(a[0] * h0)
+        a = a.at[0].set(jnp.zeros_like(a[0]))
+        _, y = lax.associative_scan(_combine, (a, u))
+        return y, y[-1], None
+
+    def step(h, inp):
+        a_t, u_t, t = inp
+        if truncation is not None:
+            h = jnp.where(jnp.logical_and(t % truncation == 0, t > 0), lax.stop_gradient(h), h)
+        h = a_t * h + u_t
+        return h, h
+
+    ts = jnp.arange(x.shape[0])
+    h_T, y = lax.scan(step, h0, (a, u, ts), unroll=unroll)
+    return y, h_T, None
+
+
 def _layer(cell: str, lp: Dict[str, jax.Array], x: jax.Array, h0: jax.Array, c0: Optional[jax.Array], *,
            unroll: int, precision, hoist: bool = True, truncation=None, probe_h: Optional[jax.Array] = None,
-           probe_c: Optional[jax.Array] = None):
+           probe_c: Optional[jax.Array] = None, scan: str = "sequential"):
     """One layer over the sequence. x ``(T, B, I_l)``, h0/c0 ``(B, H)``. Returns ``(y (T,B,H), h_T, c_T)``.
 
     ``hoist``: compute the input projection of all steps as one matmul before the scan (else one
@@ -65,6 +104,9 @@ def _layer(cell: str, lp: Dict[str, jax.Array], x: jax.Array, h0: jax.Array, c0:
     T = x.shape[0]
     H = h0.shape[-1]
     bias = "b_ih" in lp
+    if cell in _cells.GATED_LINEAR_CELLS:
+        return _gated_linear_layer(cell, lp, x, h0, unroll=unroll, precision=precision, truncation=truncation,
+                                   probe_h=probe_h, scan=scan)
     # Hoisted input projection for all steps: one big matmul, no bias. The biases are added inside the step,
     # where they fuse into the gate arithmetic for free; a separate broadcast-add over the (T, B, G·H) result
     # was a full extra pass over it (measured: ~25 % of an LSTM forward on the CPU). The GRU keeps b_hh on the
@@ -122,7 +164,7 @@ def _layer(cell: str, lp: Dict[str, jax.Array], x: jax.Array, h0: jax.Array, c0:
 
 
 def _network(cell: str, params: PTree, x: jax.Array, state, *, unroll: int, precision, hoist: bool = True,
-             truncation=None, probe_h=None, probe_c=None):
+             truncation=None, probe_h=None, probe_c=None, scan: str = "sequential"):
     """The stacked network. Returns ``(y (T,B,H), final_state)``; probes apply to the last layer."""
     lstm = cell == "lstm"
     h0s, c0s = state if lstm else (state, None)
@@ -132,7 +174,8 @@ def _network(cell: str, params: PTree, x: jax.Array, state, *, unroll: int, prec
     for l, lp in enumerate(params):
         inp, h_T, c_T = _layer(cell, lp, inp, h0s[l], c0s[l] if lstm else None, unroll=unroll,
                                precision=precision, hoist=hoist, truncation=truncation,
-                               probe_h=probe_h if l == last else None, probe_c=probe_c if l == last else None)
+                               probe_h=probe_h if l == last else None, probe_c=probe_c if l == last else None,
+                               scan=scan)
         hs.append(h_T)
         cs.append(c_T)
     final = (jnp.stack(hs), jnp.stack(cs)) if lstm else jnp.stack(hs)
@@ -145,16 +188,17 @@ def _tree_dot(a, b):
 
 
 def _make_fns(cell: str, unroll: int, precision, rtrl_chunk: int = 256, hoist_forward: bool = True,
-              hoist_grads: bool = True):
+              hoist_grads: bool = True, scan: str = "sequential"):
     """The pure functions the backend compiles, closed over the static configuration.
 
-    ``hoist_forward`` applies to the inference forward, ``hoist_grads`` to everything that differentiates.
+    ``hoist_forward`` applies to the inference forward, ``hoist_grads`` to everything that differentiates;
+    ``scan`` to the gated linear cells (``sequential`` or ``parallel``).
     """
     net = lambda p, x, s, **kw: _network(cell, p, x, s, unroll=unroll, precision=precision,  # noqa: E731
-                                         hoist=hoist_grads, **kw)
+                                         hoist=hoist_grads, scan=scan, **kw)
 
     def forward(p, x, s):
-        return _network(cell, p, x, s, unroll=unroll, precision=precision, hoist=hoist_forward)
+        return _network(cell, p, x, s, unroll=unroll, precision=precision, hoist=hoist_forward, scan=scan)
 
     def vjp(p, x, s, dy, dfinal):
         _, pull = jax.vjp(lambda p_, x_, s_: net(p_, x_, s_), p, x, s)
@@ -263,10 +307,11 @@ class JaxBackend(BackendBase):
     variant = "jax"
     algorithms = ("bptt", "rtrl", "tbptt")
     devices = ("cpu", "cuda")
-    cells = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+    cells = ("rnn_tanh", "rnn_relu", "lstm", "gru") + _cells.GATED_LINEAR_CELLS
+    SCANS = ("sequential", "parallel")
 
     def __init__(self, device: str = "cpu", unroll: int = 1, precision: str = "highest", rtrl_chunk: int = 256,
-                 hoist: Optional[bool] = None, **options) -> None:
+                 hoist: Optional[bool] = None, scan: str = "sequential", **options) -> None:
         if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
             raise InputError(f"unroll: got {unroll!r}; allowed: an integer >= 1")
         if precision not in PRECISIONS:
@@ -275,14 +320,21 @@ class JaxBackend(BackendBase):
             raise InputError(f"rtrl_chunk: got {rtrl_chunk!r}; allowed: an integer >= 1")
         if hoist is not None and not isinstance(hoist, (bool, np.bool_)):
             raise InputTypeError(f"hoist: got {hoist!r}; allowed: None (automatic), True or False")
+        if scan not in self.SCANS:
+            raise InputError(f"scan: got {scan!r}; allowed: {', '.join(self.SCANS)}")
         self.unroll = int(unroll)
         self.precision = precision
         self.rtrl_chunk = int(rtrl_chunk)
+        self.scan = scan
         self.variant = "jax" if self.unroll == 1 else f"jax-unroll{self.unroll}"
+        if scan == "parallel":  # lax.associative_scan: only a gated linear recurrence is a scan
+            self.variant += "-pscan"
+            self.cells = _cells.GATED_LINEAR_CELLS
+            self.algorithms = ("bptt", "rtrl")
         # An unrolled scan compiles for long: timed on the anchor shapes; CTC and memory are the scan's.
         self.sweep = "full" if self.unroll == 1 else "anchors"
         super().__init__(device=device, unroll=self.unroll, precision=precision, rtrl_chunk=self.rtrl_chunk,
-                         hoist=hoist, **options)
+                         hoist=hoist, scan=scan, **options)
         self.hoist_forward = bool(hoist) if hoist is not None else device == "cuda"
         self.hoist_grads = bool(hoist) if hoist is not None else True
         self._jdev = None  # resolved lazily, so that set_threads can still act before JAX starts its backends
@@ -403,7 +455,7 @@ class JaxBackend(BackendBase):
         if exe is None:
             if spec.cell not in self._fns:
                 self._fns[spec.cell] = _make_fns(spec.cell, self.unroll, PRECISIONS[self.precision],
-                                                 self.rtrl_chunk, self.hoist_forward, self.hoist_grads)
+                                                 self.rtrl_chunk, self.hoist_forward, self.hoist_grads, self.scan)
             exe = jax.jit(self._fns[spec.cell][kind]).lower(*args).compile()
             self._cache[key] = exe
             self.compile_count += 1

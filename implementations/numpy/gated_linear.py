@@ -46,31 +46,13 @@ def _gates(spec: CellSpec) -> int:
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * a))  # no overflow warning for large |a|
-
-
-def _softplus(a: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, a)
+    return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 
 def coefficients(cell: str, A: np.ndarray, lam: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, tuple]:
-    """``(a, u, cache)`` of ``h = a ⊙ h_prev + u`` from the pre-activations ``A = x Wᵀ + b`` ``(..., G·H)``."""
-    G = _cells.get(cell).gates
-    H = A.shape[-1] // G
-    blocks = [A[..., g * H:(g + 1) * H] for g in range(G)]
-    if cell == "mingru":
-        z = _sigmoid(blocks[0])
-        return 1.0 - z, z * blocks[1], (z, blocks[1])
-    if cell == "minlstm":
-        f, i = _sigmoid(blocks[0]), _sigmoid(blocks[1])
-        s = f + i
-        return f / s, (i / s) * blocks[2], (f, i, s, blocks[2])
-    r, i = _sigmoid(blocks[0]), _sigmoid(blocks[1])
-    sp = _softplus(-lam)
-    a = np.exp(-RGLRU_C * r * sp)
-    q = np.sqrt(1.0 - a * a)
-    v = i * blocks[2]
-    return a, q * v, (r, i, blocks[2], sp, a, q, v)
+    """``(a, u, parts)`` of ``h = a ⊙ h_prev + u`` from the pre-activations ``A = x Wᵀ + b`` ``(..., G·H)``: the
+    cell's own definition (:attr:`harness.core.cells.CellDef.coefficients`) on NumPy arrays."""
+    return _cells.get(cell).coefficients(A, {"lam": lam}, np)
 
 
 def coefficients_vjp(cell: str, cache: tuple, da: np.ndarray, du: np.ndarray,
