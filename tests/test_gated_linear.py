@@ -245,3 +245,43 @@ def test_jax_parallel_scan_in_float32_at_T_4096():
         assert np.isfinite(y).all() and err < 1e-4, (cell, err)
     assert "does not support cell 'lstm'" in be.supports(CellSpec("lstm", 3, 4))
     assert "tbptt" in (be.supports(CellSpec("mingru", 3, 4), algorithm="tbptt") or "")
+
+
+@pytest.mark.parametrize("variant", ["torch", "torch-cell", "torch-pscan"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_agrees_with_the_reference_to_1e_10_in_float64(cell, variant):
+    pytest.importorskip("torch")
+    from implementations.torch import backend as tb
+    be = {"torch": tb.TorchBackend, "torch-cell": tb.TorchCellBackend, "torch-pscan": tb.TorchPscanBackend}[variant]()
+    spec, p, x, h0, dy, dhT = _setting(cell, T=17, B=2, I=3, H=5, L=2, seed=6)
+    y, hT = be.forward(spec, p, x, h0)
+    yr, hr = gl.forward(spec, p, x, h0)
+    np.testing.assert_allclose(y, yr, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hT, hr, rtol=1e-10, atol=1e-12)
+    g, gr = be.vjp(spec, p, x, h0, dy, dhT), gl.vjp(spec, p, x, h0, dy, dhT)
+    assert [n for n, _ in g.params.items()] == [n for n, _ in gr.params.items()]
+    for (n, a), (_, b) in zip(g.params.items(), gr.params.items()):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=n)
+    np.testing.assert_allclose(g.dx, gr.dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g.dstate, gr.dstate, rtol=1e-10, atol=1e-12)
+    dh = dhT[-1]
+    np.testing.assert_allclose(be.hidden_grads(spec, p, x, dh), gl.hidden_grads(spec, p, x, dh), rtol=1e-10,
+                               atol=1e-14)
+    # the prepared (timed) calls run the same computation
+    be.prepare_forward(spec, p, x, h0)()
+    be.prepare_train(spec, p, x, h0, dy, dhT)()
+
+
+def test_torch_parallel_scan_in_float32_at_T_4096_and_what_it_refuses():
+    pytest.importorskip("torch")
+    from implementations.torch import backend as tb
+    be = tb.TorchPscanBackend()
+    for cell in CELLS:
+        spec, p, x, h0, _, _ = _setting(cell, T=4096, B=2, I=3, H=8, L=1, dtype="float32")
+        ref, _ = gl.forward(spec, p.astype("float64"), x.astype(np.float64), h0.astype(np.float64))
+        y, _ = be.forward(spec, p, x, h0)
+        err = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
+        assert np.isfinite(y).all() and err < 1e-4, (cell, err)
+    assert "does not support cell 'gru'" in be.supports(CellSpec("gru", 3, 4))
+    assert be.supports(CellSpec("mingru", 3, 4), algorithm="tbptt")
+    assert "does not support cell 'mingru'" in tb.TorchCompileBackend().supports(CellSpec("mingru", 3, 4))

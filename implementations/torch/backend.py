@@ -25,7 +25,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from harness.core.params import Grads, LayerParams, Params
+from harness.core import cells as _cells
+from harness.core.params import PARAM_NAMES, Grads, LayerParams, Params
 from harness.core.spec import CellSpec
 from harness.core.errors import InputError, Unsupported
 from implementations.base import BackendBase
@@ -73,7 +74,7 @@ def _pack_state(spec: CellSpec, h: torch.Tensor, c: Optional[torch.Tensor]):
 
 def _grads_to_params(spec: CellSpec, flat: Sequence[Optional[torch.Tensor]], like: List[torch.Tensor]) -> Params:
     """Per-parameter gradient tensors (canonical order, as :func:`_param_list`) -> canonical Params."""
-    names = [n for n in ("w_ih", "w_hh", "b_ih", "b_hh") if n in spec.layer_shapes(0)]
+    names = [n for n in PARAM_NAMES if n in spec.layer_shapes(0)]
     layers, k = [], 0
     for _ in range(spec.num_layers):
         kw = {}
@@ -118,6 +119,41 @@ _STEPS: Dict[str, Callable] = {"rnn_tanh": _rnn_tanh_step, "rnn_relu": _rnn_relu
                                "gru": _gru_step}
 
 
+def _gated_layer(cell: str, x: torch.Tensor, h0: torch.Tensor, w: Dict[str, Optional[torch.Tensor]],
+                 scan: str = "sequential", truncation: Optional[int] = None,
+                 probe: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A gated linear layer (:attr:`harness.core.cells.CellDef.coefficients` on torch tensors): every gate from one
+    input GEMM, then ``h_t = a_t ⊙ h_{t−1} + u_t`` step by step or by a Hillis–Steele scan (⌈log₂ T⌉ rounds of
+    whole-tensor ops, out of place so that autograd sees every round). ``probe`` ``(T, B, H)`` enters ``u_t``
+    (the total derivative of h_t). Returns ``(y (T, B, H), h_T)``."""
+    T, B, I = x.shape
+    if w["b_ih"] is None:
+        A = torch.mm(x.reshape(T * B, I), w["w_ih"].t())
+    else:
+        A = torch.addmm(w["b_ih"], x.reshape(T * B, I), w["w_ih"].t())
+    a, u, _ = _cells.get(cell).coefficients(A.reshape(T, B, -1), {"lam": w.get("lam")}, torch)
+    if probe is not None:
+        u = u + probe
+    if scan == "parallel":
+        if truncation is not None:
+            raise InputError("truncation: the parallel scan has no steps to cut between")
+        U = torch.cat([(a[0] * h0 + u[0]).unsqueeze(0), u[1:]])  # h0 folded into the first element
+        Acc = torch.cat([torch.zeros_like(a[:1]), a[1:]])
+        d = 1
+        while d < T:
+            U = torch.cat([U[:d], Acc[d:] * U[:-d] + U[d:]])
+            Acc = torch.cat([Acc[:d], Acc[d:] * Acc[:-d]])
+            d *= 2
+        return U, U[-1]
+    h, hs = h0, []
+    for t in range(T):
+        if truncation is not None and t > 0 and t % truncation == 0:
+            h = h.detach()
+        h = a[t] * h + u[t]
+        hs.append(h)
+    return torch.stack(hs), h
+
+
 def _layer_loop(step: Callable, cell: str, x: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor],
                 w: Dict[str, Optional[torch.Tensor]], truncation: Optional[int] = None,
                 keep_cells: bool = False):
@@ -157,9 +193,15 @@ def _layer_loop(step: Callable, cell: str, x: torch.Tensor, h: torch.Tensor, c: 
 
 def _cell_forward(step: Callable, spec: CellSpec, weights: List[Dict[str, Optional[torch.Tensor]]],
                   x: torch.Tensor, h0: torch.Tensor, c0: Optional[torch.Tensor],
-                  truncation: Optional[int] = None):
-    """All layers with the cell loop. Returns ``(y (T,B,H), h_T (L,B,H), c_T (L,B,H) or None)``."""
+                  truncation: Optional[int] = None, scan: str = "sequential"):
+    """All layers with the cell loop (a gated linear cell: :func:`_gated_layer` with ``scan``). Returns
+    ``(y (T,B,H), h_T (L,B,H), c_T (L,B,H) or None)``."""
     inp, hT, cT = x, [], []
+    if spec.definition.gated_linear:
+        for l in range(spec.num_layers):
+            inp, h = _gated_layer(spec.cell, inp, h0[l], weights[l], scan, truncation)
+            hT.append(h)
+        return inp, torch.stack(hT), None
     for l in range(spec.num_layers):
         hs, h, c, _ = _layer_loop(step, spec.cell, inp, h0[l], None if c0 is None else c0[l], weights[l],
                                   truncation)
@@ -173,12 +215,12 @@ def _cell_weights(spec: CellSpec, params: Params, device: str,
                   requires_grad: bool) -> List[Dict[str, Optional[torch.Tensor]]]:
     """Canonical Params -> one dict of tensors per layer (same layout: a copy)."""
     return [{n: (None if getattr(lp, n) is None else _tensor(getattr(lp, n), device, requires_grad))
-             for n in ("w_ih", "w_hh", "b_ih", "b_hh")} for lp in params.layers]
+             for n in PARAM_NAMES} for lp in params.layers]
 
 
 def _cell_param_list(weights: List[Dict[str, Optional[torch.Tensor]]]) -> List[torch.Tensor]:
-    """Every present parameter tensor in canonical order (layer by layer, w_ih, w_hh, b_ih, b_hh)."""
-    return [w[n] for w in weights for n in ("w_ih", "w_hh", "b_ih", "b_hh") if w[n] is not None]
+    """Every present parameter tensor in canonical order (layer by layer, w_ih, w_hh, b_ih, b_hh, lam)."""
+    return [w[n] for w in weights for n in PARAM_NAMES if w[n] is not None]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -223,6 +265,8 @@ class _TorchBase(BackendBase):
     devices = ("cpu", "cuda")
     algorithms = ("bptt", "tbptt")
     cells = ("rnn_tanh", "rnn_relu", "lstm", "gru")  # nn.RNN/LSTM/GRU and the hand-written cells below
+    #: How a gated linear recurrence is evaluated: ``sequential`` (a step loop) or ``parallel`` (a scan).
+    scan = "sequential"
 
     def peak_memory(self, spec, params, x, dy, d_final_state, algorithm="bptt", truncation=None, **options) -> dict:
         """CUDA: the caching allocator's ``max_memory_allocated`` around one ``vjp``; CPU: the generic VmHWM
@@ -332,14 +376,30 @@ class _TorchBase(BackendBase):
         return _TORCH_DTYPES[x.dtype.name]
 
     # -- the cell-loop step (overridden by torch-compile) -------------------------------------------
-    def _step(self, spec: CellSpec) -> Callable:
-        return _STEPS[spec.cell]
+    def _step(self, spec: CellSpec) -> Optional[Callable]:
+        return _STEPS.get(spec.cell)  # None for a gated linear cell: it has no step function
+
+    def _gated_hidden_grads(self, spec, weights, x, dh_T):
+        """∂L/∂h_t of the last layer by zero probes added to u_t (works for the scan, where no h_t feeds the next)."""
+        dev, dt, (T, B, _) = self.device, self._dtype(x), x.shape
+        H = spec.hidden_size
+        inp = _tensor(x, dev)
+        with torch.no_grad():
+            for l in range(spec.num_layers - 1):
+                inp, _ = _gated_layer(spec.cell, inp, torch.zeros((B, H), dtype=dt, device=dev), weights[l], self.scan)
+        probe = torch.zeros((T, B, H), dtype=dt, device=dev, requires_grad=True)
+        _, h_T = _gated_layer(spec.cell, inp, torch.zeros((B, H), dtype=dt, device=dev), weights[-1], self.scan,
+                              probe=probe)
+        (g,) = torch.autograd.grad([h_T], [probe], grad_outputs=[_tensor(dh_T, dev)])
+        return _np(g)
 
     # -- hidden-state gradients: always through the cell loop ---------------------------------------
     def _hidden_grads(self, spec, params, x, dh_T, return_cell):
         dev, dt = self.device, self._dtype(x)
         B = x.shape[1]
         weights = _cell_weights(spec, params, dev, requires_grad=False)
+        if spec.definition.gated_linear:
+            return self._gated_hidden_grads(spec, weights, x, dh_T)
         # A compiled step fuses c_t and h_t = o*tanh(c_t) into one graph whose c_t *output* tensor feeds only
         # the next step, so autograd w.r.t. that tensor misses the same-step path through h_t (torch-compile
         # returned zeros for dc). Cell-state gradients therefore always use the eager step.
@@ -388,6 +448,8 @@ class TorchBackend(_TorchBase):
 
     variant = "torch"
     _use_cudnn = True
+    # nn.* has no gated linear recurrence: those run as the cell loop's step loop (the sequential form)
+    cells = _TorchBase.cells + _cells.GATED_LINEAR_CELLS
 
     def path(self) -> str:
         if self.device == "cpu":
@@ -415,6 +477,8 @@ class TorchBackend(_TorchBase):
         return (y, hx[0], hx[1]) if spec.is_lstm else (y, hx, None)
 
     def _forward(self, spec, params, x, state):
+        if spec.definition.gated_linear:
+            return TorchCellBackend._forward(self, spec, params, x, state)
         mod = _build_module(spec, params, self.device).eval()
         dt = self._dtype(x)
         with torch.inference_mode():
@@ -423,6 +487,8 @@ class TorchBackend(_TorchBase):
         return _np(y), _pack_state(spec, h, c)
 
     def _vjp(self, spec, params, x, state, dy, d_final_state, algorithm, truncation):
+        if spec.definition.gated_linear:
+            return TorchCellBackend._vjp(self, spec, params, x, state, dy, d_final_state, algorithm, truncation)
         dev, dt, B = self.device, self._dtype(x), x.shape[1]
         mod = _build_module(spec, params, dev).train()  # cuDNN's backward needs training mode
         plist = _module_param_list(spec, mod)
@@ -445,6 +511,8 @@ class TorchBackend(_TorchBase):
         return Grads(params=_grads_to_params(spec, g[:n], plist), dx=dx, dstate=dstate)
 
     def _prepare_forward(self, spec, params, x, state):
+        if spec.definition.gated_linear:
+            return TorchCellBackend._prepare_forward(self, spec, params, x, state)
         dev, dt = self.device, self._dtype(x)
         mod = _build_module(spec, params, dev).eval()
         x_t = _tensor(x, dev)
@@ -459,6 +527,8 @@ class TorchBackend(_TorchBase):
 
     def _prepare_train(self, spec, params, x, state, dy, d_final_state):
         """A callable doing forward + ``torch.autograd.grad``; returns ``(*param grads (canonical order), dx)``."""
+        if spec.definition.gated_linear:
+            return TorchCellBackend._prepare_train(self, spec, params, x, state, dy, d_final_state)
         dev, dt, B = self.device, self._dtype(x), x.shape[1]
         mod = _build_module(spec, params, dev).train()
         plist = _module_param_list(spec, mod)
@@ -511,6 +581,7 @@ class TorchCellBackend(_TorchBase):
 
     variant = "torch-cell"
     sweep = "anchors"  # a Python loop: timed on the anchor shapes, not the whole sweep
+    cells = _TorchBase.cells + _cells.GATED_LINEAR_CELLS
 
     def path(self) -> str:
         return "cell-loop"
@@ -520,7 +591,7 @@ class TorchCellBackend(_TorchBase):
         with torch.inference_mode():
             weights = _cell_weights(spec, params, dev, requires_grad=False)
             h0, c0 = _state_tensors(spec, state, x.shape[1], dt, dev, False)
-            y, h, c = _cell_forward(self._step(spec), spec, weights, _tensor(x, dev), h0, c0)
+            y, h, c = _cell_forward(self._step(spec), spec, weights, _tensor(x, dev), h0, c0, scan=self.scan)
         return _np(y), _pack_state(spec, h, c)
 
     def _vjp(self, spec, params, x, state, dy, d_final_state, algorithm, truncation):
@@ -530,7 +601,7 @@ class TorchCellBackend(_TorchBase):
         x_t = _tensor(x, dev, requires_grad=True)
         h0, c0 = _state_tensors(spec, state, B, dt, dev, requires_grad=True)
         y, h, c = _cell_forward(self._step(spec), spec, weights, x_t, h0, c0,
-                                truncation if algorithm == "tbptt" else None)
+                                truncation if algorithm == "tbptt" else None, scan=self.scan)
         dh, dc = _cotangent_tensors(spec, d_final_state, B, dt, dev)
         dy_t = torch.zeros_like(y) if dy is None else _tensor(dy, dev)
         outputs, cots = [y, h] + ([c] if c is not None else []), [dy_t, dh] + ([dc] if c is not None else [])
@@ -554,7 +625,7 @@ class TorchCellBackend(_TorchBase):
 
         def run():
             with torch.inference_mode():
-                out = _cell_forward(step, spec, weights, x_t, h0, c0)
+                out = _cell_forward(step, spec, weights, x_t, h0, c0, scan=self.scan)
             self._sync()
             return out
         return run
@@ -572,12 +643,26 @@ class TorchCellBackend(_TorchBase):
         step = self._step(spec)
 
         def run():
-            y, h, c = _cell_forward(step, spec, weights, x_t, h0, c0)
+            y, h, c = _cell_forward(step, spec, weights, x_t, h0, c0, scan=self.scan)
             outputs, cots = [y, h] + ([c] if c is not None else []), [dy_t, dh] + ([dc] if c is not None else [])
             g = torch.autograd.grad(outputs, inputs, cots)
             self._sync()
             return g
         return run
+
+
+class TorchPscanBackend(TorchCellBackend):
+    """The gated linear cells as a parallel (Hillis–Steele) scan of whole-tensor ops: ⌈log₂ T⌉ rounds instead
+    of T dependent steps, T·log₂T multiply-adds instead of T. torch has no stable associative scan of its own
+    (``torch._higher_order_ops.associative_scan`` is private), so the scan is written with ``torch.cat``."""
+
+    variant = "torch-pscan"
+    scan = "parallel"
+    cells = _cells.GATED_LINEAR_CELLS
+    algorithms = ("bptt",)
+
+    def path(self) -> str:
+        return "hillis-steele-scan"
 
 
 class CompileError(Unsupported):
@@ -599,6 +684,7 @@ class TorchCompileBackend(TorchCellBackend):
     """
 
     variant = "torch-compile"
+    cells = _TorchBase.cells  # it compiles a cell's step; a gated linear cell has none
 
     def measured_as(self, what: str) -> str:
         # The compiled cell stores what torch-cell's loop stores; CTC is torch's.
