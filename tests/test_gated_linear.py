@@ -285,3 +285,43 @@ def test_torch_parallel_scan_in_float32_at_T_4096_and_what_it_refuses():
     assert "does not support cell 'gru'" in be.supports(CellSpec("gru", 3, 4))
     assert be.supports(CellSpec("mingru", 3, 4), algorithm="tbptt")
     assert "does not support cell 'mingru'" in tb.TorchCompileBackend().supports(CellSpec("mingru", 3, 4))
+
+
+from implementations.numpy.backend import NumpyBackend  # noqa: E402
+
+
+class WrongGated(NumpyBackend):
+    """A plug-in whose hidden-state gradients are off by 0.1 % beyond the last step: the suite must say so."""
+
+    family = "wrong-gated"
+    variant = "wrong-gated"
+    reference = False
+
+    def _hidden_grads(self, spec, params, x, dh_T, return_cell):
+        g = np.array(super()._hidden_grads(spec, params, x, dh_T, return_cell))
+        g[:-1] *= 1.001
+        return g
+
+
+def _gated_rows(backend, cell="mingru", dtype="float64"):
+    from suites.base import RunContext
+    from suites.gradients.suite import SUITE
+    case = next(c for c in SUITE.cases("smoke", [backend]) if c.settings["kind"] == "gated" and c.cell == cell
+                and c.dtype == dtype)
+    return {r["metric"]: r for r in SUITE.run(case, RunContext(preset="smoke"))}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_the_gradients_suite_checks_every_backend_against_the_exact_product(backend):
+    pytest.importorskip({"numpy": "numpy", "torch": "torch", "jax": "jax"}[backend])
+    rows = _gated_rows(backend)
+    assert rows["check_exact_product"]["status"] == "ok", rows["check_exact_product"]["reason"]
+    assert rows["exact_product_rel_err"]["value"] <= 1e-10
+    assert rows["grad_norm_h"]["extra"]["theory_kind"] == "exact_product_of_a"
+
+
+def test_a_backend_off_by_a_tenth_of_a_percent_fails_the_exact_product_check():
+    rows = _gated_rows(f"{__name__}:WrongGated")
+    assert rows["check_exact_product"]["status"] == "error"
+    assert rows["exact_product_rel_err"]["value"] == pytest.approx(1e-3, rel=1e-3)
+    assert "FAILED" in rows["check_exact_product"]["reason"]

@@ -38,7 +38,7 @@ from harness.measure.format import md_table
 from suites.report_util import link, readable_log_axes, sci, short
 
 CELL_TITLES = {"rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)", "lstm": "LSTM", "gru": "GRU",
-               "linear": "linear RNN"}
+               "linear": "linear RNN", "mingru": "minGRU", "minlstm": "minLSTM", "rglru": "RG-LRU"}
 CELL_ORDER = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 GATE = {"lstm": "forget", "gru": "update"}
 #: Headings of the section (the findings link to them).
@@ -47,6 +47,7 @@ H_RATES = "Fitted vs predicted rates (vanilla and linear RNNs, float64)"
 H_GATES = "LSTM / GRU: gate statistics and rates (float64)"
 H_HEALTH = "Where curves stop (under/overflow)"
 H_AGREE = "Backend agreement (adjoint vectors against NumPy)"
+H_EXACT = "Gated linear cells: the adjoint against the exact product of the a_t"
 H_CHECKS = "Checks"
 #: Statuses of a curve that stopped at a float limit (``error`` in runs from before ``limit``).
 STOPPED = ("limit", "error")
@@ -531,6 +532,28 @@ def _agree_table(df):
     return pd.DataFrame(rows)
 
 
+def _exact_table(df):
+    """Per gated linear case: the largest relative difference from dh_T ⊙ Π a_t and the forgetting times."""
+    import pandas as pd
+
+    g = df[_col(df, "kind") == "gated"]
+    err = g[g["metric"] == "exact_product_rel_err"]
+    if not len(err):
+        return None
+
+    def pick(r, metric):
+        m = g[(g["metric"] == metric) & (g["backend"] == r["backend"]) & (g["cell"] == r["cell"]) &
+              (g["dtype"] == r["dtype"])]
+        return _num(m["value"].iloc[0]) if len(m) else None
+
+    rows = [{"backend": r["backend"], "cell": CELL_TITLES.get(r["cell"], r["cell"]), "dtype": r["dtype"],
+             "T": int(r["seq_len"]), "max rel. diff": _num(r["value"]), "allowed": _num(r.get("threshold")),
+             "forgets in (steps)": pick(r, "forget_steps"),
+             "-1/mean log a": pick(r, "forget_steps_gate_mean"),
+             "slowest unit": pick(r, "forget_steps_slowest_unit")} for _, r in err.iterrows()]
+    return pd.DataFrame(rows)
+
+
 def _checks_table(df):
     import pandas as pd
 
@@ -669,7 +692,11 @@ def section(df, fig_dir: str, **opts: Any) -> str:
             (H_GATES, _gate_table(df),
              "Direct-path RMS(gate) ignores the recurrent path through the gates: a rough guide, not a check."),
             (H_HEALTH, _health_table(df), ""),
-            (H_AGREE, _agree_table(df), "")):
+            (H_AGREE, _agree_table(df), ""),
+            (H_EXACT, _exact_table(df),
+             "For h_t = a_t ⊙ h_{t−1} + u_t the Jacobian ∂h_t/∂h_{t−1} is diag(a_t): ‖∂L/∂h_{T−k}‖ is known exactly "
+             "from the gates, so the check is agreement, not a fit. 'forgets in': first k with ‖g_k‖ < ‖g_0‖/e "
+             "(empty: not within T); beside it −1/⟨log a⟩ over all units and for the slowest unit.")):
         if table is not None and len(table):
             lines += ["", f"### {title}", ""]
             if note:

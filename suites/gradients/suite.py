@@ -210,6 +210,18 @@ class GradientsSuite(Suite):
                                     dtype=dtype, **common_agree,
                                     settings={"kind": "agree", "seed": 0,
                                               "grid": [list(s) for s in self._agree_grid(cell, cfg)]}))
+        # Gated linear cells: ∂L/∂h_{T−k} is exactly dh_T ⊙ Π a_t, so every backend is checked against that product
+        # (the reference at the sweep's T in each dtype, the others at the agreement T).
+        from harness.core import cells
+        for b in backends:
+            ref = b in reference
+            if ref and device != "cpu":
+                continue
+            for dtype in (cfg.dtypes if ref else cfg.agree_dtypes):
+                for cell in cells.names(gated_linear=True):
+                    c = common if ref else common_agree
+                    out.append(Case(name=f"{cell}-exact-{size if ref else size_agree}-{dtype}", backend=b,
+                                    device=device, cell=cell, dtype=dtype, **c, settings={"kind": "gated", "seed": 0}))
         return out
 
     @staticmethod
@@ -243,8 +255,11 @@ class GradientsSuite(Suite):
         if kind == "linear":
             yield from self._run_linear(case, cfg, seed)
             return
+        if kind == "gated":
+            yield from self._run_gated(case, seed)
+            return
         if kind not in ("sweep", "agree"):
-            raise InputError(f"case.settings['kind']: got {kind!r}; allowed: sweep, agree, linear")
+            raise InputError(f"case.settings['kind']: got {kind!r}; allowed: sweep, agree, linear, gated")
         _cell(case.cell)  # InputError naming the known cells
         from implementations import registry
         backend = registry.instance(case.backend, case.device)
@@ -511,6 +526,62 @@ class GradientsSuite(Suite):
                                       rates=vals, **tags)
 
     # -- linear recurrence --------------------------------------------------------------------------
+    def _run_gated(self, case: Case, seed: int) -> Iterator[Dict[str, Any]]:
+        """A gated linear cell: the backend's ∂L/∂h_{T−k} against the exact dh_T ⊙ Π_{s>T−k} a_s, with the a_s
+        computed from the cell's definition in float64 (not by any backend's autodiff); the forgetting time
+        of the curve beside the one the gates predict."""
+        from harness.core.params import init_params
+        from implementations import registry
+        spec, dtype = case.spec(), case.dtype
+        cdef = _cell(case.cell)
+        backend = registry.instance(case.backend, case.device)
+        why_not = backend.supports(spec, dtype)
+        tags = dict(kind="gated", init="default", input_scale=1.0, seed=seed, setting="default-s1")
+        if why_not:
+            yield case.row("grad_norm_h", None, "1", status="skipped", reason=why_not, **tags)
+            return
+        p = init_params(spec, seed=seed, dtype=dtype)
+        x = th.drive_scaled_inputs(p.layers[0].w_ih.astype(np.float64), case.seq_len, case.batch, 1.0, seed,
+                                   dtype=dtype)
+        dh = th.unit_cotangent(case.batch, case.hidden_size, seed, dtype=dtype)
+        t0 = time.perf_counter()
+        with _quiet():
+            g = np.asarray(backend.hidden_grads(spec, p, x, dh))
+        elapsed = time.perf_counter() - t0
+        lp = p.astype("float64").layers[0]
+        A = x.astype(np.float64) @ lp.w_ih.T + (0.0 if lp.b_ih is None else lp.b_ih)
+        a, _, _ = cdef.coefficients(A, {"lam": lp.lam}, np)
+        exact = np.empty_like(a)
+        exact[-1] = dh.astype(np.float64)
+        for t in range(case.seq_len - 1, 0, -1):
+            exact[t - 1] = a[t] * exact[t]
+        tol = AGREE_RTOL[dtype]
+        worst, at_k = th.curve_disagreement(g, exact.astype(dtype))
+        norms = th.step_norms(g.astype(np.float64))
+        theory = th.step_norms(exact)
+        shown, stride = th.subsample(norms)
+        yield case.row("grad_norm_h", float(norms[-1]), "1", norms=shown, theory=th.subsample(theory)[0],
+                       k_stride=stride, theory_kind="exact_product_of_a", seconds=elapsed, **tags)
+        yield case.row("exact_product_rel_err", worst, "1", at_k=at_k, threshold=tol, **tags)
+        yield self._check(case, "check_exact_product", worst <= tol,
+                          f"max_k ‖g_k − dh_T ⊙ Π a‖ / ‖dh_T ⊙ Π a‖ = {worst:.3g} at k={at_k} over the steps where "
+                          f"the product keeps {dtype}'s full precision (allowed {tol:g})", threshold=tol, **tags)
+        # Forgetting: the first k at which the curve falls below 1/e of ‖dh_T‖, against −1/⟨log a⟩ (all units)
+        # and the slowest unit's −1/⟨log a_j⟩: a norm over units forgets at the pace of its slowest ones.
+        below = np.flatnonzero(norms < norms[0] / math.e)
+        measured = float(below[0]) if below.size else None
+        with np.errstate(divide="ignore"):
+            la = np.log(a[1:])
+        mean_all = float(np.mean(la))
+        slowest = float(np.max(np.mean(la, axis=(0, 1))))
+        yield case.row("forget_steps", measured, "steps", status="ok" if measured is not None else "limit",
+                       reason="" if measured is not None else f"the curve stays above 1/e for all {case.seq_len} steps",
+                       **tags)
+        yield case.row("forget_steps_gate_mean", -1.0 / mean_all if mean_all < 0 else None, "steps",
+                       theory_kind="-1/mean(log a)", **tags)
+        yield case.row("forget_steps_slowest_unit", -1.0 / slowest if slowest < 0 else None, "steps",
+                       theory_kind="-1/max_j mean(log a_j)", **tags)
+
     def _run_linear(self, case: Case, cfg: PresetConfig, seed: int) -> Iterator[Dict[str, Any]]:
         from harness.core.params import init_params
         from harness.core.spec import CellSpec
