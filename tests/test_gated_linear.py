@@ -207,14 +207,9 @@ def test_rtrl_memory_is_flat_in_T_and_bptt_memory_is_not():
     assert peaks["bptt", 400] > 4 * peaks["bptt", 50]  # grows with T
 
 
-@pytest.mark.parametrize("scan", ["sequential", "parallel"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_jax_agrees_with_the_reference_to_1e_10_in_float64(cell, scan):
-    pytest.importorskip("jax")
-    from implementations.jax.backend import JaxBackend
-    be = JaxBackend(scan=scan)
-    assert be.variant == ("jax-pscan" if scan == "parallel" else "jax")
-    spec, p, x, h0, dy, dhT = _setting(cell, T=17, B=2, I=3, H=5, L=2, seed=4)
+def _assert_agrees_with_reference(be, spec, p, x, h0, dy, dhT):
+    """Forward, final state, every gradient, dx, dstate and hidden-state gradients equal the NumPy reference's to
+    1e-10 (float64); returns the reference's gradients."""
     y, hT = be.forward(spec, p, x, h0)
     yr, hr = gl.forward(spec, p, x, h0)
     np.testing.assert_allclose(y, yr, rtol=1e-10, atol=1e-12)
@@ -228,6 +223,18 @@ def test_jax_agrees_with_the_reference_to_1e_10_in_float64(cell, scan):
     dh = dhT[-1]
     np.testing.assert_allclose(be.hidden_grads(spec, p, x, dh), gl.hidden_grads(spec, p, x, dh), rtol=1e-10,
                                atol=1e-14)
+    return gr
+
+
+@pytest.mark.parametrize("scan", ["sequential", "parallel"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_jax_agrees_with_the_reference_to_1e_10_in_float64(cell, scan):
+    pytest.importorskip("jax")
+    from implementations.jax.backend import JaxBackend
+    be = JaxBackend(scan=scan)
+    assert be.variant == ("jax-pscan" if scan == "parallel" else "jax")
+    spec, p, x, h0, dy, dhT = _setting(cell, T=17, B=2, I=3, H=5, L=2, seed=4)
+    gr = _assert_agrees_with_reference(be, spec, p, x, h0, dy, dhT)
     # forward-mode RTRL (jax.jvp through the scan) gives the same parameter gradient
     g_rtrl = be.vjp(spec, p, x, h0, dy, dhT, algorithm="rtrl")
     np.testing.assert_allclose(g_rtrl.params.flat(), gr.params.flat(), rtol=1e-10, atol=1e-12)
@@ -254,19 +261,7 @@ def test_torch_agrees_with_the_reference_to_1e_10_in_float64(cell, variant):
     from implementations.torch import backend as tb
     be = {"torch": tb.TorchBackend, "torch-cell": tb.TorchCellBackend, "torch-pscan": tb.TorchPscanBackend}[variant]()
     spec, p, x, h0, dy, dhT = _setting(cell, T=17, B=2, I=3, H=5, L=2, seed=6)
-    y, hT = be.forward(spec, p, x, h0)
-    yr, hr = gl.forward(spec, p, x, h0)
-    np.testing.assert_allclose(y, yr, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(hT, hr, rtol=1e-10, atol=1e-12)
-    g, gr = be.vjp(spec, p, x, h0, dy, dhT), gl.vjp(spec, p, x, h0, dy, dhT)
-    assert [n for n, _ in g.params.items()] == [n for n, _ in gr.params.items()]
-    for (n, a), (_, b) in zip(g.params.items(), gr.params.items()):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=n)
-    np.testing.assert_allclose(g.dx, gr.dx, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(g.dstate, gr.dstate, rtol=1e-10, atol=1e-12)
-    dh = dhT[-1]
-    np.testing.assert_allclose(be.hidden_grads(spec, p, x, dh), gl.hidden_grads(spec, p, x, dh), rtol=1e-10,
-                               atol=1e-14)
+    _assert_agrees_with_reference(be, spec, p, x, h0, dy, dhT)
     # the prepared (timed) calls run the same computation
     be.prepare_forward(spec, p, x, h0)()
     be.prepare_train(spec, p, x, h0, dy, dhT)()

@@ -133,7 +133,8 @@ def test_a_cell_without_a_kernel_is_unsupported_with_its_reason():
             continue
         be = registry.get(name)
         reason = be.supports(spec, "float64")
-        assert reason == f"backend {name!r} does not support cell 'linear_rnn' (it supports: rnn_tanh, rnn_relu, lstm, gru)"
+        assert reason == (f"backend {name!r} does not support cell 'linear_rnn' (it supports: rnn_tanh, rnn_relu, "
+                          "lstm, gru, mingru, minlstm, rglru)")
         with pytest.raises(Unsupported, match="does not support cell 'linear_rnn'"):
             be.forward(spec, init_params(spec), np.zeros((2, 1, 3)))
     numpy = registry.get("numpy")
@@ -274,7 +275,8 @@ def test_a_broken_plugin_cell_module_stops_the_run_with_one_line(tmp_path):
 def test_list_says_what_each_backend_declares():
     r = _rnnbench(["list", "--device", "cpu", "--capabilities"], _env())
     assert r.returncode == 0
-    assert "cells rnn_tanh, rnn_relu, lstm, gru; algorithms bptt, rtrl, tbptt" in r.stdout
+    assert "cells rnn_tanh, rnn_relu, lstm, gru, mingru, minlstm, rglru; algorithms bptt, rtrl, tbptt" in r.stdout
+    assert "cells rnn_tanh, rnn_relu, lstm, gru; algorithms bptt, tbptt" in r.stdout  # torch-compile: classic only
 
 
 @pytest.mark.slow
