@@ -77,17 +77,56 @@ def test_a_wrong_gradient_would_be_caught(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_rtrl_equals_bptt(cell, bias):
+@pytest.mark.parametrize("chunk", [1, 5, 12, 40])
+def test_rtrl_equals_bptt(cell, bias, chunk):
+    """Per step (chunk 1) and in blocks: one that divides T unevenly (5), one of exactly T, one past T."""
     spec, p, x, h0, dy, dhT = _setting(cell, T=12, B=3, I=5, H=6, L=1, seed=3)
     if not bias:
         spec = CellSpec(cell, 5, 6, 1, bias=False)
         p = init_params(spec, seed=3)
     g = gl.vjp(spec, p, x, h0, dy, dhT)
-    pr, dh0 = gl.rtrl(spec, p, x, h0, dy, dhT)
+    pr, dh0 = gl.rtrl(spec, p, x, h0, dy, dhT, chunk=chunk)
     for (n, a), (_, b) in zip(pr.items(), g.params.items()):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=n)
     assert [n for n, _ in pr.items()] == [n for n, _ in p.items()]
     np.testing.assert_allclose(dh0, g.dstate, rtol=1e-10, atol=1e-12)
+
+
+def test_rtrl_blocks_keep_the_gradient_of_every_prefix():
+    """A block boundary is a point where the online gradient is exact: RTRL over the first t steps equals
+    BPTT over those t steps for every t that ends a block, with cotangents at every step (dy) and none."""
+    spec, p, x, h0, dy, _ = _setting("minlstm", T=10, B=2, L=1, seed=4)
+    for t in (4, 8, 10):
+        for d in (dy[:t], None):
+            want = gl.vjp(spec, p, x[:t], h0, d, None if d is not None else np.ones((1, 2, 4)))
+            got, _ = gl.rtrl(spec, p, x[:t], h0, d, None if d is not None else np.ones((1, 2, 4)), chunk=4)
+            np.testing.assert_allclose(got.flat(), want.params.flat(), rtol=1e-10, atol=1e-12)
+
+
+def test_rtrl_block_size_is_checked():
+    spec, p, x, h0, dy, dhT = _setting("mingru", L=1)
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(InputError, match="chunk: got"):
+            gl.rtrl(spec, p, x, h0, dy, dhT, chunk=bad)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_truncated_bptt_cuts_where_torch_and_jax_cut(cell):
+    """NumPy tBPTT(k) against an independent implementation (torch's detach, JAX's stop_gradient), and it
+    differs from full BPTT (a cut that cut nothing would pass the first check with k ≥ T)."""
+    from implementations import registry
+    spec, p, x, h0, dy, dhT = _setting(cell, T=11, L=2, seed=6)
+    ref = registry.instance("numpy", "cpu").vjp(spec, p, x, h0, dy, dhT, algorithm="tbptt", truncation=4)
+    assert ref.dx.shape == x.shape and ref.dstate.shape == h0.shape
+    full = gl.vjp(spec, p, x, h0, dy, dhT)
+    assert np.abs(full.params.flat() - ref.params.flat()).max() > 1e-3
+    for name in ("torch-cell", "jax"):
+        if not registry.describe(name, "cpu").available:
+            continue
+        g = registry.instance(name, "cpu").vjp(spec, p, x, h0, dy, dhT, algorithm="tbptt", truncation=4)
+        np.testing.assert_allclose(g.params.flat(), ref.params.flat(), rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(g.dx, ref.dx, rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(g.dstate, ref.dstate, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 def test_rtrl_of_stacked_layers_says_it_is_not_there():
@@ -189,7 +228,7 @@ def test_the_numpy_backend_runs_them_through_the_common_interface():
     np.testing.assert_allclose(gr.dstate, gb.dstate, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(gr.dx, gb.dx)
     assert "one layer" in be.supports(CellSpec("rglru", 3, 4, 2), algorithm="rtrl")
-    assert "no truncated BPTT" in be.supports(spec, algorithm="tbptt")
+    assert be.supports(spec, algorithm="tbptt") is None
     # torch and JAX do not claim them (yet): the suites ask, and skip with the reason
     from implementations.base import BackendBase
     assert "does not support cell 'mingru'" in BackendBase().supports(CellSpec("mingru", 3, 4))
@@ -199,12 +238,12 @@ def test_rtrl_memory_is_flat_in_T_and_bptt_memory_is_not():
     from implementations import registry
     be = registry.instance("numpy", "cpu")
     peaks = {}
-    for T in (50, 400):
+    for T in (2 * gl.RTRL_BLOCK, 400):  # from two full blocks on: the same buffers at any T
         spec, p, x, _, dy, _ = _setting("mingru", T=T, B=2, I=16, H=32, L=1)
         for alg in ("bptt", "rtrl"):
             peaks[alg, T] = be.peak_memory(spec, p, x, dy, None, algorithm=alg)["peak_bytes"]
-    assert peaks["rtrl", 400] < 1.1 * peaks["rtrl", 50]  # independent of T
-    assert peaks["bptt", 400] > 4 * peaks["bptt", 50]  # grows with T
+    assert peaks["rtrl", 400] < 1.05 * peaks["rtrl", 2 * gl.RTRL_BLOCK]  # independent of T
+    assert peaks["bptt", 400] > 4 * peaks["bptt", 2 * gl.RTRL_BLOCK]  # grows with T
 
 
 def _assert_agrees_with_reference(be, spec, p, x, h0, dy, dhT):

@@ -36,9 +36,7 @@ class NumpyBackend(BackendBase):
     def supports(self, spec, dtype=None, algorithm: str = "bptt"):
         reason = super().supports(spec, dtype, algorithm)
         if reason is None and spec.cell in GATED_LINEAR_CELLS:
-            if algorithm == "tbptt":
-                reason = f"backend {self.name!r} has no truncated BPTT for the gated linear cell {spec.cell!r} yet"
-            elif algorithm == "rtrl" and spec.num_layers != 1:
+            if algorithm == "rtrl" and spec.num_layers != 1:
                 reason = (f"backend {self.name!r} has exact per-unit RTRL for one layer of {spec.cell!r}; got "
                           f"num_layers={spec.num_layers}")
         elif reason is None and algorithm == "rtrl" and spec.cell not in FUSED_CELLS:
@@ -75,9 +73,11 @@ class NumpyBackend(BackendBase):
 
     def _vjp(self, spec, params, x, state, dy, d_final_state, algorithm, truncation):
         if spec.cell in GATED_LINEAR_CELLS:
-            g = gated_linear.vjp(spec, params, x, state, dy, d_final_state)
+            g = gated_linear.vjp(spec, params, x, state, dy, d_final_state,
+                                 truncation=truncation if algorithm == "tbptt" else None)
             if algorithm == "rtrl":  # dx needs the future: it comes from the BPTT pass, as for the other cells
-                pg, dstate = gated_linear.rtrl(spec, params, x, state, dy, d_final_state)
+                pg, dstate = gated_linear.rtrl(spec, params, x, state, dy, d_final_state,
+                                               chunk=gated_linear.RTRL_BLOCK)
                 g = type(g)(params=pg, dx=g.dx, dstate=dstate, extra={"algorithm": "rtrl", "dx_method": "bptt"})
             return g
         if algorithm == "rtrl":
@@ -112,7 +112,8 @@ class NumpyBackend(BackendBase):
         if impl not in ("backend", "chunked"):
             raise Unsupported(f"backend {self.name!r}: impl={impl!r} is not one of backend, chunked")
         if algorithm == "rtrl" and spec.cell in GATED_LINEAR_CELLS:
-            return tracemalloc_peak(lambda: gated_linear.rtrl(spec, params, x, None, dy, d_final_state),
+            return tracemalloc_peak(lambda: gated_linear.rtrl(spec, params, x, None, dy, d_final_state,
+                                                              chunk=gated_linear.RTRL_BLOCK),
                                     "params+dstate (dx not computed)")
         if algorithm == "rtrl":
             from implementations.numpy import rtrl as numpy_rtrl

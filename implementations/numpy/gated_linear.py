@@ -21,8 +21,7 @@ because h_t[j] depends on h_{t-1}[j] alone. The influence is ``(B, H, p)`` with 
 (``G·(I+1)`` plus 1 for Λ), i.e. O(B·P) memory and O(B·P) time per step: the cost of one BPTT step's parameter
 gradient, where a dense RNN's RTRL costs O(B·H·P) memory and O(B·H²·P) time.
 
-No backend runs these cells yet through the common interface and no suite measures them: this is the reference
-the NumPy backend, the torch and JAX variants and the suites will be checked against.
+This is the reference the NumPy backend, the torch and JAX variants and the suites are checked against.
 """
 from __future__ import annotations
 
@@ -32,10 +31,14 @@ import numpy as np
 
 from harness.core import cells as _cells
 from harness.core.errors import InputError
-from harness.core.params import Grads, LayerParams, Params
+from harness.core.params import PARAM_NAMES, Grads, LayerParams, Params
 from harness.core.spec import CellSpec, check_sequence
 
 RGLRU_C = _cells.RGLRU_C
+#: Steps per block of the NumPy backend's RTRL (:func:`rtrl` ``chunk``): the influence is read and written once per
+#: block, and the block's outer products run as GEMMs of inner size ``RTRL_BLOCK·B``; the gradient is exact at every
+#: block boundary (``chunk=1`` is the classic per-step form, exact after every step).
+RTRL_BLOCK = 32
 
 
 def _gates(spec: CellSpec) -> int:
@@ -145,10 +148,39 @@ def forward(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.nd
 
 
 def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarray], dy: Optional[np.ndarray],
-        d_final_state: Optional[np.ndarray]) -> Grads:
+        d_final_state: Optional[np.ndarray], truncation: Optional[int] = None) -> Grads:
     """BPTT of L = Σ_t <dy_t, y_t> + <dh_T, h_T>: parameter gradients (the cell's own parameters only),
-    ``dx (T, B, I)`` and ``dstate (L, B, H)``."""
+    ``dx (T, B, I)`` and ``dstate (L, B, H)``.
+
+    ``truncation = k``: truncated BPTT(k), the gradient cut wherever ``t % k == 0`` (every layer's state entering
+    such a step is treated as a constant, as ``detach``/``stop_gradient`` do in torch and JAX). It runs chunk by
+    chunk, so it stores k steps at a time; ``dstate`` comes from the first chunk."""
     T, B, H = _check(spec, params, x, state)
+    if truncation is None or truncation >= T:
+        return _vjp_full(spec, params, x, state, dy, d_final_state)[0]
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)) or truncation < 1:
+        raise InputError(f"truncation: got {truncation!r}; expected an integer k >= 1")
+    k = int(truncation)
+    h = np.zeros((spec.num_layers, B, H), x.dtype) if state is None else state
+    chunks: List[Params] = []
+    dxs, dstate = [], None
+    for t0 in range(0, T, k):
+        t1 = min(T, t0 + k)
+        g, h = _vjp_full(spec, params, x[t0:t1], h, None if dy is None else dy[t0:t1],
+                         d_final_state if t1 == T else None)
+        chunks.append(g.params)
+        dxs.append(g.dx)
+        dstate = g.dstate if dstate is None else dstate
+    layers = [LayerParams(**{n: (None if getattr(lp, n) is None else sum(getattr(c.layers[l], n) for c in chunks))
+                             for n in PARAM_NAMES}) for l, lp in enumerate(chunks[0].layers)]
+    return Grads(params=Params(layers), dx=np.concatenate(dxs), dstate=dstate,
+                 extra={"algorithm": "tbptt", "truncation": k})
+
+
+def _vjp_full(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarray], dy: Optional[np.ndarray],
+              d_final_state: Optional[np.ndarray]) -> Tuple[Grads, np.ndarray]:
+    """Untruncated BPTT: ``(Grads, final states (L, B, H))``."""
+    T, B, H = x.shape[0], x.shape[1], spec.hidden_size
     L = spec.num_layers
     h0 = np.zeros((L, B, H), x.dtype) if state is None else state
     ins, caches = [], []
@@ -174,10 +206,11 @@ def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarra
         dh0[l] = carry
         h_prev = np.concatenate([h0[l][None], hs[:-1]], axis=0)
         dA, dlam = coefficients_vjp(spec.cell, cache, delta * h_prev, delta, lp.lam)
-        grads[l] = LayerParams(w_ih=np.einsum("tbg,tbi->gi", dA, ins[l]),
+        grads[l] = LayerParams(w_ih=dA.reshape(T * B, -1).T @ ins[l].reshape(T * B, -1),  # one GEMM
                                b_ih=None if lp.b_ih is None else dA.sum(axis=(0, 1)), lam=dlam)
         dout = dA @ lp.w_ih  # the cotangent of the layer's input: dx, or the layer below's dy
-    return Grads(params=Params(grads), dx=dout, dstate=dh0, extra={"algorithm": "bptt"})
+    finals = np.stack([c[1][-1] for c in caches])
+    return Grads(params=Params(grads), dx=dout, dstate=dh0, extra={"algorithm": "bptt"}), finals
 
 
 def hidden_grads(spec: CellSpec, params: Params, x: np.ndarray, dh_T: np.ndarray) -> np.ndarray:
@@ -195,51 +228,108 @@ def hidden_grads(spec: CellSpec, params: Params, x: np.ndarray, dh_T: np.ndarray
     return g
 
 
+def _block_update(M: np.ndarray, acc: np.ndarray, tmp: np.ndarray, a: np.ndarray, c: np.ndarray, w: np.ndarray,
+                  e: np.ndarray, xt: np.ndarray, G: int) -> None:
+    """One RTRL block of k steps, in place: ``acc += Σ_i g_i ⊙ M_i`` and ``M ← M_k``, with
+    ``M_i = (Π_{r≤i} a_r) ⊙ M_0 + Σ_{s≤i} (Π_{s<r≤i} a_r) ⊙ c_s ⊗ x̃_s``. ``a, w, e (k, B, H)``,
+    ``c (k, B, H, G)``, ``xt (k·B, I+1)``; ``M (B, H·G, I+1)``; ``acc, tmp (H·G, I+1)``."""
+    k, B, H = a.shape
+    alpha_rows = np.repeat(a[0] * w[0], G, axis=1)   # the block's weight on the influence it starts with
+    for b in range(B):
+        np.multiply(M[b], alpha_rows[b][:, None], out=tmp)
+        acc += tmp
+    np.matmul((w[..., None] * c).reshape(k * B, H * G).T, xt, out=tmp)   # Σ_s w_s ⊙ c_s ⊗ x̃_s as one GEMM
+    acc += tmp
+    M *= np.repeat(a[0] * e[0], G, axis=1)[:, :, None]
+    ec = (e[..., None] * c).reshape(k, B, H * G)
+    xtb = xt.reshape(k, B, -1)
+    for b in range(B):
+        np.matmul(ec[:, b].T, xtb[:, b], out=tmp)
+        M[b] += tmp
+
+
 def rtrl(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarray], dy: Optional[np.ndarray],
-         d_final_state: Optional[np.ndarray]) -> Tuple[Params, np.ndarray]:
+         d_final_state: Optional[np.ndarray], chunk: int = 1) -> Tuple[Params, np.ndarray]:
     """Exact RTRL, forward in time, one layer: ``(parameter gradients, dstate)``, equal to :func:`vjp`'s.
 
-    The influence of unit j holds only unit j's parameters: ``M[b, j, g, k] = ∂h_t[b, j]/∂W[g·H + j, k]``
+    The influence of unit j holds only unit j's parameters: ``M[b, j·G + g, k] = ∂h_t[b, j]/∂W[g·H + j, k]``
     (with the bias as column k = I) and ``m_lam[b, j] = ∂h_t[b, j]/∂Λ_j``; ``d[b, j] = ∂h_t[b, j]/∂h_0[b, j]``.
-    Each step is elementwise in (b, j) plus one outer product with ``[x_t, 1]``: O(B·P) time and memory
-    (:meth:`harness.core.cells.CellDef.rtrl_influence_elements`)."""
+    A step is ``M ← a_t ⊙ M + c_t ⊗ [x_t, 1]`` (row scaling plus one outer product) and the gradient gathers
+    ``Σ_t cot_t ⊙ M_t``: O(B·P) time and memory (:meth:`harness.core.cells.CellDef.rtrl_influence_elements`).
+
+    ``chunk = 1`` is the classic per-step form: the gradient so far is exact after every step. ``chunk = K``
+    carries the influence across blocks of K steps and, inside a block, gathers the K outer products as two
+    GEMMs of inner size K·B, with the weights of each outer product from a K-step reverse recurrence over the
+    (B, H) state only (the block hybrid of Williams & Zipser 1995 and Schmidhuber 1992, exact here because the
+    per-unit influence makes the block's Jacobian diagonal). The gradient is exact at every block boundary; the
+    influence is read and written once per block instead of once per step. Memory: ``B·P + 2P`` plus the
+    block's ``K·B·(G·H + I)``, independent of T either way."""
     T, B, H = _check(spec, params, x, state)
     if spec.num_layers != 1:
         raise NotImplementedError(f"rtrl for {spec.cell}: one layer only (got {spec.num_layers}); above the first "
                                   "layer a unit's state depends on every unit below, so the influence is no longer "
                                   "per unit")
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise InputError(f"chunk: got {chunk!r}; expected an integer ≥ 1 (steps per RTRL block)")
     lp = params.layers[0]
     G, I = spec.gates, x.shape[2]
     dt = x.dtype
+    has_lam = lp.lam is not None
     h = np.zeros((B, H), dt) if state is None else np.array(state[0], dtype=dt)
-    M = np.zeros((B, H, G, I + 1), dt)
-    m_lam = np.zeros((B, H), dt) if lp.lam is not None else None
-    dstate = np.ones((B, H), dt)  # ∂h_t/∂h_0, per unit
-    acc_W = np.zeros((H, G, I + 1), dt)
-    acc_lam = np.zeros(H, dt) if m_lam is not None else None
+    M = np.zeros((B, H * G, I + 1), dt)   # rows j·G + g, so a per-unit factor repeats G times down the rows
+    acc = np.zeros((H * G, I + 1), dt)
+    tmp = np.empty((H * G, I + 1), dt)
+    m_lam = np.zeros((B, H), dt)
+    acc_lam = np.zeros(H, dt)
+    dstate = np.ones((B, H), dt)          # ∂h_t/∂h_0, per unit
     acc_h0 = np.zeros((B, H), dt)
-    ones = np.ones((B, 1), dt)
-    for t in range(T):
-        xt = np.concatenate([x[t], ones], axis=1)  # (B, I+1): the bias is the last column
-        a, u, cache = _layer_coeffs(spec.cell, lp, x[t])
-        # Immediate part: ∂(a ⊙ h_prev + u)/∂A by the local vjp with cotangents (h_prev, 1), per gate.
-        dA_unit, _ = coefficients_vjp(spec.cell, cache, h, np.ones_like(h), lp.lam)  # (B, G·H)
-        coef = dA_unit.reshape(B, G, H).transpose(0, 2, 1)  # (B, H, G)
-        M *= a[:, :, None, None]
-        M += coef[:, :, :, None] * xt[:, None, None, :]
-        if m_lam is not None:
+    dla_dlam = None if not has_lam else RGLRU_C * _sigmoid(-lp.lam)  # ∂ log a/∂Λ, divided by r
+    for t0 in range(0, T, int(chunk)):
+        t1 = min(T, t0 + int(chunk))
+        k = t1 - t0
+        xs = x[t0:t1]
+        a, u, cache = _layer_coeffs(spec.cell, lp, xs)              # (k, B, H) each: one GEMM for the block
+        hp = np.empty((k, B, H), dt)                                 # h_{t-1} of each step
+        for i in range(k):
+            hp[i] = h
+            h = a[i] * h + u[i]
+        # Immediate part of every step: ∂(a ⊙ h_prev + u)/∂A by the local vjp with cotangents (h_prev, 1).
+        dA_unit, _ = coefficients_vjp(spec.cell, cache, hp, np.ones_like(hp), lp.lam)   # (k, B, G·H)
+        c = dA_unit.reshape(k, B, G, H).transpose(0, 1, 3, 2)      # (k, B, H, G)
+        e_lam = None
+        if has_lam:
             r, q, v = cache[0], cache[5], cache[6]
-            dla_dlam = RGLRU_C * r * _sigmoid(-lp.lam)  # ∂ log a/∂Λ
-            m_lam = a * m_lam + (h * a - v * a * a / q) * dla_dlam
-        dstate *= a
-        h = a * h + u
-        cot = np.zeros((B, H), dt) if dy is None else dy[t]
-        if t == T - 1 and d_final_state is not None:
-            cot = cot + d_final_state[0]
-        acc_W += np.einsum("bj,bjgk->jgk", cot, M)
-        if m_lam is not None:
-            acc_lam += (cot * m_lam).sum(axis=0)
-        acc_h0 += cot * dstate
-    w = acc_W[:, :, :I].transpose(1, 0, 2).reshape(G * H, I)
-    b = acc_W[:, :, I].T.reshape(G * H) if lp.b_ih is not None else None
-    return Params([LayerParams(w_ih=w, b_ih=b, lam=acc_lam)]), acc_h0[None]
+            e_lam = (hp * a - v * a * a / q) * r * dla_dlam          # immediate ∂h_t/∂Λ
+        g = np.zeros((k, B, H), dt) if dy is None else np.array(dy[t0:t1], dtype=dt)
+        if t1 == T and d_final_state is not None:
+            g[-1] += d_final_state[0]
+        # Reverse recurrences over the block: w[s] = Σ_{i≥s} g_i Π_{s<r≤i} a_r (what step s's outer product is
+        # worth to the gradient), e[s] = Π_{s<r<k} a_r (what it is worth to the influence at the block's end).
+        w = np.empty((k, B, H), dt)
+        e = np.empty((k, B, H), dt)
+        w[-1], e[-1] = g[-1], 1.0
+        for s in range(k - 2, -1, -1):
+            w[s] = g[s] + a[s + 1] * w[s + 1]
+            e[s] = e[s + 1] * a[s + 1]
+        alpha = a[0] * w[0]                  # Σ_i g_i Π_{r≤i} a_r: the block's weight on the influence it starts with
+        decay = a[0] * e[0]                  # Π_r a_r over the block
+        xt = np.concatenate([xs, np.ones((k, B, 1), dt)], axis=2).reshape(k * B, I + 1)
+        if k == 1:  # the classic step, in place: M ← a ⊙ M + c ⊗ x̃, then acc += g ⊙ M (no rank-1 GEMM)
+            M *= np.repeat(a[0], G, axis=1)[:, :, None]
+            c_rows, g_rows = c[0].reshape(B, H * G), np.repeat(g[0], G, axis=1)
+            for b in range(B):
+                np.multiply(c_rows[b][:, None], xt[b][None, :], out=tmp)
+                M[b] += tmp
+                np.multiply(M[b], g_rows[b][:, None], out=tmp)
+                acc += tmp
+        else:
+            _block_update(M, acc, tmp, a, c, w, e, xt, G)
+        if has_lam:
+            acc_lam += (alpha * m_lam + (w * e_lam).sum(axis=0)).sum(axis=0)
+            m_lam = decay * m_lam + (e * e_lam).sum(axis=0)
+        acc_h0 += alpha * dstate
+        dstate *= decay
+    acc = acc.reshape(H, G, I + 1)
+    wg = acc[:, :, :I].transpose(1, 0, 2).reshape(G * H, I)
+    bg = acc[:, :, I].T.reshape(G * H) if lp.b_ih is not None else None
+    return Params([LayerParams(w_ih=wg, b_ih=bg, lam=acc_lam if has_lam else None)]), acc_h0[None]
