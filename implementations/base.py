@@ -74,8 +74,13 @@ class BackendBase:
     #: check every other backend against it.
     reference: bool = False
     #: ``full``: every shape of a preset; ``anchors``: only the shapes a preset marks for all variants
-    #: (a variant whose compile time would dominate a full sweep).
+    #: (a variant whose compile time would dominate a full sweep); ``gated-linear``: only the gated linear cells'
+    #: shapes (a variant that runs nothing else, such as a parallel scan).
     sweep: str = "full"
+    #: How it runs a gated linear recurrence ``h_t = a_t ⊙ h_{t−1} + u_t`` (cost model:
+    #: :mod:`harness.core.scan_model`): ``sequential`` (T dependent steps), ``hillis-steele`` (⌈log₂ T⌉ rounds over
+    #: the whole sequence) or ``odd-even`` (the work-efficient recursion of ``lax.associative_scan``).
+    scan_form: str = "sequential"
 
     def __init__(self, device: str = "cpu", **options) -> None:
         if device not in DEVICES:
@@ -148,7 +153,8 @@ class BackendBase:
         """The backend under whose name measurement ``what`` (``ctc``, ``memory``) of this one is taken.
 
         A variant whose CTC or memory behaviour is another backend's returns that backend's name; suites then
-        measure it once, there. Default: its own name.
+        measure it once, there. ``gated``: whose code runs its gated linear cells (the throughput suite times
+        them once, there). Default: its own name.
         """
         return self.name
 

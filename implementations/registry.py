@@ -4,7 +4,8 @@
 
 - built-ins: ``numpy``, ``torch`` (nn.RNN/LSTM/GRU; cuDNN on CUDA), ``torch-native`` (CUDA with cuDNN
   off), ``torch-cell`` (a Python loop over the cell), ``torch-compile``, ``jax`` (``lax.scan``),
-  ``jax-unroll8``;
+  ``jax-unroll8``; the gated linear cells' parallel scans ``torch-pscan`` (Hillis–Steele) and ``jax-pscan``
+  (``lax.associative_scan``);
 - plug-ins registered under the entry-point group ``rnnbench.backends`` (value ``module:Class``);
 - any ``module:Class`` given directly.
 
@@ -30,6 +31,8 @@ BUILTIN: Dict[str, Tuple[str, str, dict, str]] = {
     "torch-compile": ("implementations.torch.backend", "TorchCompileBackend", {}, "torch"),
     "jax": ("implementations.jax.backend", "JaxBackend", {}, "jax"),
     "jax-unroll8": ("implementations.jax.backend", "JaxBackend", {"unroll": 8}, "jax"),
+    "torch-pscan": ("implementations.torch.backend", "TorchPscanBackend", {}, "torch"),
+    "jax-pscan": ("implementations.jax.backend", "JaxBackend", {"scan": "parallel"}, "jax"),
 }
 #: The backend every other one is checked against (its class says ``reference = True``).
 REFERENCE = "numpy"
@@ -152,7 +155,7 @@ def capabilities(be: BackendBase) -> Dict[str, Any]:
     return {"family": be.family, "framework": be.framework, "reference": bool(be.reference),
             "sweep": be.sweep, "algorithms": list(be.algorithms), "dtypes": list(be.dtypes),
             "cells": list(be.supported_cells()), "max_layers": be.max_layers, "has_ctc": bool(be.has_ctc),
-            "measured_as": {w: be.measured_as(w) for w in ("ctc", "memory")}}
+            "scan_form": be.scan_form, "measured_as": {w: be.measured_as(w) for w in ("ctc", "memory", "gated")}}
 
 
 def describe(name: str, device: str = "cpu") -> BackendInfo:

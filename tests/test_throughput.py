@@ -53,6 +53,9 @@ class BrokenKernel(NumpyBackend):
         raise RuntimeError("inductor: a real bug")
 
 
+GATED = ("mingru", "minlstm", "rglru")
+
+
 def ctx(**kw) -> RunContext:
     return RunContext(seed=0, threads=1, budget_s=BUDGET, preset="smoke", **kw)
 
@@ -73,7 +76,7 @@ def test_cases_well_formed_and_unique(preset, device):
     cases = tp.SUITE.cases(preset, None, device)
     keys = [c.key for c in cases]
     assert len(keys) == len(set(keys)), "duplicate case keys"
-    assert {c.cell for c in cases} == {"lstm", "gru", "rnn_tanh", "rnn_relu"}
+    assert {c.cell for c in cases} == {"lstm", "gru", "rnn_tanh", "rnn_relu", "mingru", "minlstm", "rglru"}
     for c in cases:
         assert c.suite == "throughput" and c.device == device and c.dtype == "float32"
         assert min(c.batch, c.seq_len, c.hidden_size, c.input_size, c.layers) >= 1
@@ -82,7 +85,13 @@ def test_cases_well_formed_and_unique(preset, device):
         assert set(c.settings["modes"].split(",")) <= {"fwd", "train"}
         assert c.name == f"{c.cell}-L{c.layers}-B{c.batch}-T{c.seq_len}-I{c.input_size}-H{c.hidden_size}-float32"
     backends = {c.backend for c in cases}
-    assert {"numpy", "torch", "jax", "torch-cell", "torch-compile", "jax-unroll8"} <= backends
+    assert {"numpy", "torch", "jax", "torch-cell", "torch-compile", "jax-unroll8", "torch-pscan", "jax-pscan"} <= backends
+    # the parallel scans run nothing but the gated linear cells; torch-compile does not claim those
+    for c in cases:
+        if c.backend in ("torch-pscan", "jax-pscan"):
+            assert c.cell in GATED and tp.GATED_TAG in c.settings["tags"].split(",")
+        if c.backend == "torch-compile":
+            assert c.cell not in GATED
 
 
 def test_quick_holds_reference_and_sweeps():
@@ -95,8 +104,62 @@ def test_quick_holds_reference_and_sweeps():
     assert sorted(c.batch for c in lstm if c.hidden_size == 128 and c.seq_len == 50) == [8, 32, 64]
     assert sorted(c.seq_len for c in lstm if c.hidden_size == 128 and c.batch == 32) == [25, 50, 100]
     # secondary variants run only the LSTM centre point and the reference case
-    cell_cases = {c.name for c in cases if c.backend == "torch-cell"}
+    cell_cases = {c.name for c in cases if c.backend == "torch-cell" and c.cell not in GATED}
     assert cell_cases == {"lstm-L1-B32-T50-I128-H128-float32", "lstm-L1-B64-T100-I256-H256-float32"}
+
+
+def test_the_scan_sweep_keeps_tokens_fixed_and_runs_each_code_once():
+    cases = tp.SUITE.cases("quick", None)
+    sweep = [c for c in cases if "scan-T" in c.settings["tags"].split(",")]
+    by_backend = {}
+    for c in sweep:
+        assert c.cell == "mingru" and c.hidden_size == 128 and c.batch * c.seq_len == tp.SCAN_TOKENS
+        by_backend.setdefault(c.backend, set()).add(c.seq_len)
+    assert set(by_backend) == {"numpy", "torch-cell", "torch-pscan", "jax", "jax-unroll8", "jax-pscan"}
+    assert all(ts == {64, 256, 1024, 4096, 16384} for ts in by_backend.values())
+    # torch runs its gated cells with torch-cell's step loop: timed once, under torch-cell ...
+    assert not [c for c in cases if c.backend == "torch" and c.cell in GATED]
+    # ... unless torch-cell is not in the run
+    alone = tp.SUITE.cases("quick", ["torch"])
+    assert {c.seq_len for c in alone if c.cell == "mingru" and "scan-T" in c.settings["tags"]} == \
+        {64, 256, 1024, 4096, 16384}
+    # beside LSTM and GRU at the centre point
+    centre = {c.cell for c in cases if c.backend == "numpy" and c.batch == 32 and c.seq_len == 50
+              and c.hidden_size == 128}
+    assert {"lstm", "gru", "mingru", "minlstm", "rglru"} <= centre
+    full = [c for c in tp.SUITE.cases("full", ["jax-pscan"]) if "scan-T" in c.settings["tags"]]
+    assert {(c.cell, c.hidden_size) for c in full} == {("mingru", 128), ("minlstm", 128), ("rglru", 128),
+                                                       ("mingru", 256)}
+
+
+def test_scan_rows_carry_the_cost_model_and_the_crossover_is_found():
+    import pandas as pd
+    from harness.core.scan_model import scan_cost
+    from suites.throughput import scan_report
+    c = next(c for c in tp.SUITE.cases("smoke", ["torch-pscan"]) if "scan-T" in c.settings["tags"])
+    rows = run_rows(c)
+    ok = [r for r in rows if r["metric"] == "fwd_ms" and r["status"] == "ok"]
+    assert ok, rows
+    e = ok[0]["extra"]
+    assert e["scan_form"] == "hillis-steele" and e["scan_framework"] == "torch"
+    assert e["scan_flops"] == scan_cost("hillis-steele", c.seq_len, c.batch * c.hidden_size, 4)["flops"]
+    # crossovers from a table of medians: the scan loses at short T, wins from T = 1024 on, and a win that does
+    # not last (T = 256) is not a crossover
+    recs = []
+    for T, seq, par in ((64, 1.0, 3.0), (256, 2.0, 1.5), (1024, 4.0, 3.0), (4096, 8.0, 2.0)):
+        for b, ms, form in (("torch-cell", seq, "sequential"), ("torch-pscan", par, "hillis-steele"),
+                            ("numpy", seq / 4, "sequential")):
+            recs.append(dict(metric="fwd_ms", status="ok", value=ms, q25=ms, q75=ms, mode="fwd", cell="mingru",
+                             hidden_size=128, seq_len=T, batch=16384 // T, backend=b, scan_form=form,
+                             scan_framework=b.split("-")[0], tags="scan-T,gated", suite="throughput"))
+    recs[4]["value"] = 2.5  # torch-pscan at T=256: slower than torch-cell (2.0)
+    got = {(x["backend"], x["against"]): x for x in scan_report.crossovers(pd.DataFrame(recs))}
+    own = got["torch-pscan", "own framework"]
+    assert own["crossover_T"] == 1024 and own["ratios"][4096] == pytest.approx(4.0)
+    anyb = got["torch-pscan", "any"]  # numpy is 4x faster than torch-cell: the scan never stays ahead of it
+    assert anyb["crossover_T"] is None and anyb["ratio_at_max"] == pytest.approx(1.0)
+    assert anyb["fastest_sequential"][4096] == "numpy"
+    assert "no crossover up to T = 4096" in scan_report._crossover_text(anyb)
 
 
 def test_full_holds_anchors():
@@ -142,8 +205,9 @@ def check_timing_rows(rows, case: Case):
         assert t["q25"] <= t["value"] <= t["q75"]
         assert t["extra"]["equiv_error"] == eq["value"] and t["extra"]["threads"] == 1 and t["extra"]["path"]
         got = {r["metric"]: r for r in rows if r["extra"].get("mode") == mode}
-        assert TIMING_METRICS <= set(got), TIMING_METRICS - set(got)
-        for m in TIMING_METRICS:
+        want = TIMING_METRICS - ({"gflops_deepbench"} if case.spec().definition.gated_linear else set())
+        assert want <= set(got), want - set(got)
+        for m in want:
             assert got[m]["value"] > 0 and math.isfinite(got[m]["value"]), (m, got[m]["value"])
         sec = t["value"] / 1e3
         tokens = case.batch * case.seq_len
@@ -157,7 +221,7 @@ def check_timing_rows(rows, case: Case):
 
 def test_smoke_numpy_runs_every_cell():
     ceilings.clear_cache()
-    cases = [c for c in tp.SUITE.cases("smoke", ["numpy"])]
+    cases = [c for c in tp.SUITE.cases("smoke", ["numpy"]) if c.cell not in GATED]
     assert len(cases) == 4
     seen_ceilings = 0
     for c in cases:
@@ -168,6 +232,16 @@ def test_smoke_numpy_runs_every_cell():
             assert r["backend"] == "numpy" and r["case"] == c.name and r["suite"] == "throughput"
     # square GEMM once per process; input/recurrent once per distinct shape (G differs per cell: lstm, gru, rnn)
     assert seen_ceilings == 1 + 2 * 3
+
+
+def test_smoke_numpy_runs_the_gated_cells_with_their_cost_model():
+    cases = [c for c in tp.SUITE.cases("smoke", ["numpy"]) if c.cell in GATED]
+    assert {c.cell for c in cases} == set(GATED) and len(cases) == 5  # 3 at the smoke shape, the scan sweep's 2
+    for c in cases[:3]:
+        rows = run_rows(c)
+        check_timing_rows(rows, c)
+        t = [r for r in rows if r["metric"] == "fwd_ms"]
+        assert t and all(r["extra"]["scan_form"] == "sequential" and r["extra"]["scan_flops"] > 0 for r in t)
 
 
 def test_later_processes_time_but_measure_no_ceilings():

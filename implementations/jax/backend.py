@@ -331,8 +331,11 @@ class JaxBackend(BackendBase):
             self.variant += "-pscan"
             self.cells = _cells.GATED_LINEAR_CELLS
             self.algorithms = ("bptt", "rtrl")
+            self.scan_form = "odd-even"
         # An unrolled scan compiles for long: timed on the anchor shapes; CTC and memory are the scan's.
         self.sweep = "full" if self.unroll == 1 else "anchors"
+        if scan == "parallel":
+            self.sweep = "gated-linear"
         super().__init__(device=device, unroll=self.unroll, precision=precision, rtrl_chunk=self.rtrl_chunk,
                          hoist=hoist, scan=scan, **options)
         self.hoist_forward = bool(hoist) if hoist is not None else device == "cuda"
@@ -506,7 +509,10 @@ class JaxBackend(BackendBase):
                            device=self.device, check=False)
 
     def measured_as(self, what: str) -> str:
-        # Unrolling changes the schedule, not what CTC computes or what the scan stores.
+        # Unrolling changes the schedule, not what CTC computes or what the scan stores; the parallel scan's CTC is
+        # jax's (its memory is its own).
+        if what == "ctc" and self.scan == "parallel":
+            return "jax"
         return "jax" if what in ("ctc", "memory") and self.unroll != 1 else self.name
 
     def _prepare_ctc(self, logits, targets, input_lengths, target_lengths, blank):

@@ -146,10 +146,12 @@ def _gated_layer(cell: str, x: torch.Tensor, h0: torch.Tensor, w: Dict[str, Opti
             d *= 2
         return U, U[-1]
     h, hs = h0, []
-    for t in range(T):
+    # unbind, not a[t]: the backward of T separate a[t] selections writes T full-size (T, B, H) gradients (O(T²));
+    # unbind's backward stacks the T step gradients once.
+    for t, (a_t, u_t) in enumerate(zip(a.unbind(0), u.unbind(0))):
         if truncation is not None and t > 0 and t % truncation == 0:
             h = h.detach()
-        h = a[t] * h + u[t]
+        h = a_t * h + u_t
         hs.append(h)
     return torch.stack(hs), h
 
@@ -180,11 +182,11 @@ def _layer_loop(step: Callable, cell: str, x: torch.Tensor, h: torch.Tensor, c: 
     w_hh_t = w["w_hh"].t()
     b_hh = w["b_hh"] if cell == "gru" else None
     hs, cs = [], []
-    for t in range(T):
+    for t, xw_t in enumerate(xw.unbind(0)):  # unbind: one backward for all steps (see _gated_layer)
         if truncation is not None and t > 0 and t % truncation == 0:
             h = h.detach()
             c = None if c is None else c.detach()
-        h, c = step(xw[t], h, c, w_hh_t, b_hh)
+        h, c = step(xw_t, h, c, w_hh_t, b_hh)
         hs.append(h)
         if keep_cells:
             cs.append(c)
@@ -287,6 +289,9 @@ class _TorchBase(BackendBase):
 
     def measured_as(self, what: str) -> str:
         # Every variant calls the same torch CTC (implementations.torch.ctc); torch-native's differs on CUDA.
+        # nn.* has no gated linear cell: torch and torch-native run torch-cell's step loop for them.
+        if what == "gated" and isinstance(self, TorchBackend):
+            return "torch-cell"
         return "torch" if what == "ctc" else self.name
 
     def _prepare_ctc(self, logits, targets, input_lengths, target_lengths, blank):
@@ -556,8 +561,8 @@ class TorchNativeBackend(TorchBackend):
     _ctc_cudnn = False  # its CTC is torch's native kernel too, never cuDNN's
 
     def measured_as(self, what: str) -> str:
-        # Its memory behaviour is nn.*'s (torch); its CTC (cuDNN off) is its own.
-        return "torch" if what == "memory" else self.name
+        # Its memory behaviour is nn.*'s (torch); its CTC (cuDNN off) is its own; its gated cells torch-cell's.
+        return {"memory": "torch", "gated": "torch-cell"}.get(what, self.name)
 
     def __init__(self, device: str = "cuda", allow_tf32: bool = False, **options) -> None:
         ok, reason = self.probe(device)
@@ -658,6 +663,8 @@ class TorchPscanBackend(TorchCellBackend):
 
     variant = "torch-pscan"
     scan = "parallel"
+    scan_form = "hillis-steele"
+    sweep = "gated-linear"
     cells = _cells.GATED_LINEAR_CELLS
     algorithms = ("bptt",)
 

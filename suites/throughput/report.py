@@ -34,9 +34,11 @@ from harness.measure.format import md_table, si
 from suites.report_util import link, readable_log_axes
 
 MODES = (("fwd", "inference forward"), ("train", "training (forward + backward)"))
-CELL_TITLES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)"}
-CELL_ORDER = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-BACKEND_ORDER = ("numpy", "torch", "torch-native", "torch-cell", "torch-compile", "jax", "jax-unroll8")
+CELL_TITLES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)", "mingru": "minGRU",
+               "minlstm": "minLSTM", "rglru": "RG-LRU"}
+CELL_ORDER = ("lstm", "gru", "rnn_tanh", "rnn_relu", "mingru", "minlstm", "rglru")
+BACKEND_ORDER = ("numpy", "torch", "torch-native", "torch-cell", "torch-compile", "jax", "jax-unroll8", "torch-pscan",
+                 "jax-pscan")
 #: The factor each sweep figure varies, the columns held fixed, axis label and file name.
 SWEEPS = (("hidden_size", ("batch", "seq_len"), "hidden size H (= input size I)", "throughput_vs_hidden"),
           ("batch", ("hidden_size", "input_size", "seq_len"), "batch size B", "throughput_vs_batch"),
@@ -487,6 +489,10 @@ def section(df, fig_dir: str, baseline: str = "torch", **opts: Any) -> str:
     out += [""] + _speedup_tables(df, order, backends, base, note)
     out += [""] + _efficiency_tables(df, backends)
     out += [""] + _compile_table(df, backends)
+    from suites.throughput import scan_report
+    scan = scan_report.section(df, fig_dir, _colors(backends))
+    if scan:
+        out += [""] + scan
 
     safe_files.safe_dir(fig_dir)
     colors = _colors(backends)
@@ -595,6 +601,8 @@ def findings(df, baseline: str = "torch", **opts: Any) -> List[str]:
         out.append(f"- Fastest backend over all {link('shapes', H_TOKENS)} (with two or more backends): "
                    + "; ".join(wins) + ".")
     out += _efficiency_findings(df)
+    from suites.throughput import scan_report
+    out += scan_report.findings(df)
     return out
 
 

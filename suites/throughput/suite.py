@@ -56,7 +56,11 @@ from suites.equivalence import (CHECK_MAX_T, REL_TOL, CaseData, disagreement,  #
 #: Seconds of timed repeats per measurement, per preset (``--budget`` overrides).
 BUDGET_S = {"smoke": 0.2, "quick": 0.3, "full": 1.0}
 #: Backends when none are named: every built-in variant (the runner drops those not installed).
-DEFAULT_BACKENDS = ("numpy", "torch", "torch-cell", "torch-compile", "jax", "jax-unroll8")
+DEFAULT_BACKENDS = ("numpy", "torch", "torch-cell", "torch-compile", "jax", "jax-unroll8", "torch-pscan", "jax-pscan")
+#: The scan sweep of the gated linear cells: T from 64 to 16384 at B·T = SCAN_TOKENS (quick: minGRU at H = 128;
+#: full: every gated cell, and minGRU at H = 256 too).
+SCAN_TOKENS = 16384
+SCAN_T = {"quick": (64, 256, 1024, 4096, 16384), "full": (64, 256, 1024, 4096, 16384)}
 MODES = ("fwd", "train")
 #: An efficiency past 1 + this is flagged as a defect (``ceiling_defect``): the medians of two timings taken
 #: side by side in one process on a shared 2-core machine differ by up to about this much.
@@ -131,9 +135,13 @@ def preset_shapes(preset: str, device: str = "cpu") -> List[Shape]:
     every = [c for c in order if c in known] + [c for c in known if c not in order]
     if preset == "smoke":
         shapes = [Shape(c, 32, 8, 20, tags=("smoke",), all_variants=(c == "lstm")) for c in every]
+        # the gated cells at the same shape, and the scan sweep's two ends (B·T fixed)
+        shapes += [Shape(c, 32, 8, 20, tags=("smoke", GATED_TAG)) for c in cells.names(gated_linear=True)]
+        shapes += [Shape("mingru", 32, 256 // t, t, tags=("scan-T", GATED_TAG)) for t in (8, 128)]
     elif preset in ("quick", "full"):
         shapes = (_sweep("lstm", (128, 32, 50), hs=(64, 128, 256), bs=(8, 32, 64), ts=(25, 50, 100),
                          all_variants_centre=True)
+                  + _gated_shapes(preset)
                   + [REFERENCE]
                   + _sweep("gru", (128, 32, 50), hs=(64, 128, 256), ts=(25, 100))
                   + _sweep("rnn_tanh", (128, 32, 50), hs=(64, 128, 256), ts=(25, 100))
@@ -159,6 +167,24 @@ def preset_shapes(preset: str, device: str = "cpu") -> List[Shape]:
         else:
             merged[s.name] = s
     return list(merged.values())
+
+
+#: Every shape of a gated linear cell carries this tag: the shapes a ``sweep = "gated-linear"`` variant runs.
+GATED_TAG = "gated"
+
+
+def _gated_shapes(preset: str) -> List[Shape]:
+    """The gated linear cells at the centre point (beside LSTM and GRU at the same H, B, T) and the scan sweep:
+    T from 64 to 16384 at a fixed B·T (:data:`SCAN_TOKENS`), where the parallel scans meet the sequential forms."""
+    from harness.core import cells
+    gated = cells.names(gated_linear=True)
+    out = [Shape(c, 128, 32, 50, tags=("centre", GATED_TAG)) for c in gated]
+    sweep_cells = gated if preset == "full" else ("mingru",)
+    for c in sweep_cells:
+        out += [Shape(c, 128, SCAN_TOKENS // t, t, tags=("scan-T", GATED_TAG)) for t in SCAN_T[preset]]
+    if preset == "full":
+        out += [Shape("mingru", 256, SCAN_TOKENS // t, t, tags=("scan-T", GATED_TAG)) for t in SCAN_T[preset]]
+    return out
 
 
 def _anchors_only(name: str, device: str) -> bool:
@@ -237,11 +263,27 @@ class ThroughputSuite(Suite):
         """Cases of ``preset`` for each backend name (see the module docstring for what each preset holds)."""
         self.check_args(preset, device)
         out: List[Case] = []
+        from harness.core import cells
+        from implementations import registry
         names = list(dict.fromkeys(backends or DEFAULT_BACKENDS))
         anchors = {b: _anchors_only(b, device) for b in names}
+        # What each backend runs (cells, sweep) does not depend on the device: where it cannot run on this device
+        # here (no GPU), its CPU declaration decides which cases it gets (they are then recorded as skipped).
+        caps = {b: registry.describe(b, device).capabilities or registry.describe(b, "cpu").capabilities
+                for b in names}
         for shape in preset_shapes(preset, device):
+            gated = cells.get(shape.cell).gated_linear if shape.cell in cells.names() else False
             for b in names:
-                if anchors[b] and not shape.all_variants:
+                c = caps[b]
+                if gated:
+                    # A gated cell: only backends that claim it (the others would give nothing but skipped rows),
+                    # and once per code: torch's gated cells are torch-cell's step loop.
+                    same = (c.get("measured_as") or {}).get("gated", b)
+                    # The anchors rule does not apply: the sequential forms (torch-cell's loop, an unrolled scan)
+                    # are what the parallel scans are measured against.
+                    if c and (shape.cell not in (c.get("cells") or ()) or (same != b and same in names)):
+                        continue
+                elif (anchors[b] and not shape.all_variants) or c.get("sweep") == "gated-linear":
                     continue
                 out.append(Case(suite=self.name, name=shape.name, backend=b, device=device, cell=shape.cell,
                                 layers=shape.layers, batch=shape.batch, seq_len=shape.seq_len,
@@ -278,6 +320,8 @@ class ThroughputSuite(Suite):
         if why_not:
             yield case.row("fwd_ms", None, "ms", status="skipped", reason=why_not, **common)
             return
+        if spec.definition.gated_linear:
+            common.update(_scan_extra(backend.scan_form, backend.framework, spec, case.batch, case.seq_len, dtype))
 
         # 1. equivalence with the reference, before any timing
         data = make_data(spec, case.batch, case.seq_len, ctx.seed)
@@ -386,8 +430,9 @@ class ThroughputSuite(Suite):
                        q75=m.q75 / T * 1e6, n=m.n, **kw)
         gflops = flops / m.median / 1e9
         yield case.row("gflops", gflops, "GFLOP/s", **rate(flops, 1e-9), flops=flops, **kw)
-        yield case.row("gflops_deepbench", db_flops / m.median / 1e9, "GFLOP/s", **rate(db_flops, 1e-9),
-                       flops=db_flops, **kw)
+        if db_flops > 0:  # a gated linear cell has no recurrent GEMM: nothing of DeepBench's count to report
+            yield case.row("gflops_deepbench", db_flops / m.median / 1e9, "GFLOP/s", **rate(db_flops, 1e-9),
+                           flops=db_flops, **kw)
 
     def _eff_rows(self, case: Case, spec, mode: str, m, ceil: dict, common: dict) -> Iterator[dict]:
         """eff_gemm and eff_recurrent of one timed mode against this process's ceilings (none: no rows)."""
@@ -409,6 +454,16 @@ class ThroughputSuite(Suite):
             yield case.row("eff_recurrent", gflops / rc.gflops, "ratio", **rate(flops, 1e-9 / rc.gflops),
                            ceiling_gflops=rc.gflops, ceiling_strategy=f"{rc.kind} {rc.strategy}@{rc.shape_str}",
                            **_defect(gflops / rc.gflops), **kw)
+
+
+def _scan_extra(form: str, framework: Optional[str], spec, batch: int, seq_len: int, dtype: str) -> Dict[str, Any]:
+    """The recurrence's cost model of one forward (every layer; :mod:`harness.core.scan_model`) beside the
+    gates' GEMM FLOPs, for a gated linear cell's rows: what the form does, against which its speed is read."""
+    from harness.core.scan_model import scan_cost
+    c = scan_cost(form, seq_len, batch * spec.hidden_size, np.dtype(dtype).itemsize)
+    L = spec.num_layers
+    return {"scan_form": form, "scan_framework": framework, "scan_flops": c["flops"] * L, "scan_bytes": c["bytes"] * L, "scan_depth": c["depth"] * L,
+            "gates_gemm_flops": spec.forward_flops(batch, seq_len)}
 
 
 def _defect(eff: float) -> Dict[str, str]:
