@@ -127,9 +127,10 @@ def test_script_dry_run_prints_the_plan():
 # -- what it plans -------------------------------------------------------------------------------------------------
 def test_parts_backends_and_tf32_twins():
     ps = gr.parts()
-    assert [p.name for p in ps] == ["throughput-torch", "throughput-jax", "memory"] == list(gr.PART_NAMES)
+    assert [p.name for p in ps] == ["throughput-torch", "throughput-jax", "scan", "memory"] == list(gr.PART_NAMES)
     assert abs(sum(p.weight for p in ps) - 1.0) < 1e-9
-    torch_b, jax_b, mem_b = (p.backends for p in ps)
+    torch_b, jax_b, scan_b, mem_b = (p.backends for p in ps)
+    assert scan_b == ("torch-cell", "torch-pscan", "jax", "jax-pscan")
     # cuDNN, native, cell loop, compile; each right before its TF32 twin
     assert torch_b[::2] == ("torch", "torch-native", "torch-cell", "torch-compile")
     assert torch_b[1::2] == tuple(gp.TF32_TWINS[b] for b in torch_b[::2])
@@ -194,7 +195,7 @@ def test_throughput_order_priorities():
 
 
 def test_throughput_cases_counts_and_settings():
-    torch_part, jax_part, _ = gr.parts()
+    torch_part, jax_part, _, _ = gr.parts()
     cases = gp.throughput_cases("full", torch_part.backends, "cuda")
     n_shapes, n_anchors = len(gp.throughput_shapes("full")), sum(s.all_variants for s in gp.throughput_shapes("full"))
     assert len(cases) == 4 * n_shapes + 4 * n_anchors
@@ -229,7 +230,8 @@ def test_memory_points_bptt_vs_rtrl():
     assert all(c.dtype == "float64" for c in cases if c.settings.get("kind") != "summary")
     assert len({c.key for c in cases}) == len(cases)
     from harness.run.runner import resolve_suite
-    assert resolve_suite(gr.parts()[2].suite)[2].name == "memory"
+    assert resolve_suite(gr.parts()[3].suite)[2].name == "memory"
+    assert resolve_suite(gr.parts()[2].suite)[2].name == "throughput"
 
 
 # -- the TF32 twins --------------------------------------------------------------------------------------------------
@@ -328,7 +330,7 @@ def test_allot_shares_and_guard():
     w = [p.weight for p in gr.parts()]
     assert gr.allot(0.0, w) == pytest.approx(gr.END_PARTS_S * w[0])
     assert gr.allot(100.0, w[1:]) == pytest.approx((gr.END_PARTS_S - 100.0) * w[1] / sum(w[1:]))
-    assert gr.allot(400.0, w[2:]) == pytest.approx(50.0)
+    assert gr.allot(350.0, w[2:]) == pytest.approx(100.0 * w[2] / sum(w[2:]))
     assert gr.allot(gr.END_PARTS_S - gr.MIN_PART_S + 1, w[2:]) is None  # the guard: nothing starts this late
     assert gr.allot(gr.END_PARTS_S + 5, w) is None
     assert gr.allot(0.0, []) is None
@@ -400,7 +402,7 @@ def test_run_parts_passes_unused_time_on_and_stops_launching(tmp_path):
         return {"status": "cut", "rc": 130, "wall_s": timeout_s}
     results2 = gr.run_parts(plan, start=-(gr.END_PARTS_S - 50.0), clock=clock2, launcher=slow)
     assert len(given2) == 1 and given2[0] == pytest.approx(gr.MIN_PART_S)
-    assert [r["status"] for r in results2] == ["cut", "not started", "not started"]
+    assert [r["status"] for r in results2] == ["cut"] + ["not started"] * (len(plan["parts"]) - 1)
     assert "out of time" in results2[-1]["reason"]
 
 
@@ -436,7 +438,7 @@ def test_build_plan_and_dry_run(tmp_path, capsys, monkeypatch):
     assert plan["dir"] == os.path.join(str(tmp_path), "nvidia-h200") and plan["device"] == "cuda"
     assert plan["preset"] == "full" and plan["env"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert [p["out"] for p in plan["parts"]] == [os.path.join(plan["dir"], n)
-                                                 for n in ("throughput-torch", "throughput-jax", "memory")]
+                                                 for n in ("throughput-torch", "throughput-jax", "scan", "memory")]
     json.dumps(plan)  # plain data
     assert gr.build_plan("x", str(tmp_path), only=["memory"])["parts"][0]["name"] == "memory"
     # --dry-run: needs no GPU, writes nothing
@@ -447,7 +449,7 @@ def test_build_plan_and_dry_run(tmp_path, capsys, monkeypatch):
     assert os.listdir(tmp_path) == []
     assert gr.main(["--dry-run", "--json", "--out-root", str(tmp_path)]) == 0
     j = json.loads(capsys.readouterr().out)
-    assert j["dir"].endswith("unknown-gpu") and len(j["parts"]) == 3
+    assert j["dir"].endswith("unknown-gpu") and len(j["parts"]) == 4
 
 
 def test_main_refuses_an_existing_directory(monkeypatch, tmp_path, capsys):
@@ -485,7 +487,8 @@ def test_main_with_a_faked_gpu_runs_the_parts_and_writes_the_summary(monkeypatch
     assert "BPTT vs RTRL" in md and "| jax | H | rnn_tanh | 8 | 32 | 10 | rtrl | 1 |" in md
     assert "not measured" in md  # the fake wrote one case per backend
     j = json.loads((d / gr.PLAN_JSON).read_text())
-    assert [r["status"] for r in j["results"]] == ["complete"] * 3
+    assert [r["status"] for r in j["results"]] == ["complete"] * 4
+    assert "where the parallel scan wins" in md
 
 
 def _row(case, backend, metric, value, suite="throughput", **extra):

@@ -1,7 +1,7 @@
 """What the GPU reference (``scripts/gpu-reference``, :mod:`harness.cli.gpu_reference`) runs through
 ``rnnbench run``: two plug-in suites and the TF32 twins of the CUDA backends.
 
-Plug-in suites (``rnnbench run harness.cli.gpu_plugins:THROUGHPUT`` / ``...:MEMORY``). Their rows are the
+Plug-in suites (``rnnbench run harness.cli.gpu_plugins:THROUGHPUT`` / ``...:SCAN`` / ``...:MEMORY``). Their rows are the
 built-in suites' rows (``suite`` is ``throughput`` / ``memory``), so ``rnnbench report`` and ``compare``
 read them with nothing to import; only the case lists differ:
 
@@ -12,6 +12,10 @@ read them with nothing to import; only the case lists differ:
     DeepBench shape per cell and mode); the fused ones (cuDNN, native, ``lax.scan``) run all of them.
     Cases come in priority order (:func:`throughput_cases`): when the time limit stops a run, what is
     missing is the tail. ``smoke``/``quick``: the same structure on tiny shapes (a pipeline check on the CPU).
+``SCAN`` (``full`` preset)
+    minGRU at H=1024 across T = 64 … 16384 at B·T = 65536, float32: the sequential forms (torch's cell loop,
+    ``lax.scan``) against the parallel scans (``torch-pscan``, ``jax-pscan``); the report's crossover table says
+    from which T the scan wins on the GPU.
 ``MEMORY`` (``full`` preset)
     device memory of BPTT against RTRL, float64: where a backend offers RTRL (JAX), both algorithms at the
     same points (an H sweep at two lengths for BPTT, so that the suite's summary derives the crossover
@@ -149,6 +153,49 @@ class GpuReferenceThroughput(ThroughputSuite):
 
 THROUGHPUT_BACKENDS = ("torch", "torch-native", "torch-cell", "torch-compile", "jax", "jax-unroll8")
 THROUGHPUT = GpuReferenceThroughput()
+
+
+# -- gated linear cells: sequential against parallel scan -------------------------------------------------------
+#: (H, B·T) of the GPU scan sweep; T from 64 to 16384 at a fixed B·T, so every point does the same GEMM work (past
+#: T = 16384 torch's cell loop alone, T kernel launches forward and about 3·T backward, would use up the part's time).
+SCAN_H, SCAN_TOKENS = 1024, 65536
+SCAN_T = (64, 256, 1024, 4096, 16384)
+SCAN_BACKENDS = ("torch-cell", "torch-pscan", "jax", "jax-pscan")
+
+
+def scan_shapes(preset: str = "full") -> List[Shape]:
+    """minGRU across T at fixed B·T (``full``: H=1024, B·T = 65536, float32), in priority order: the ends of the
+    sweep first (the ratio at the longest T is the headline), then the middle. ``smoke``/``quick``: H=16, B·T=64."""
+    from suites.throughput.suite import GATED_TAG
+    if preset not in ("smoke", "quick", "full"):
+        from harness.core.errors import InputError
+        raise InputError(f"preset: got {preset!r}; allowed: smoke, quick, full")
+    H, tokens, ts = (SCAN_H, SCAN_TOKENS, SCAN_T) if preset == "full" else (16, 64, (4, 16, 64))
+    order = [ts[-1], ts[0]] + list(ts[1:-1])
+    return [Shape("mingru", H, tokens // t, t, tags=("scan-T", GATED_TAG)) for t in order]
+
+
+def scan_cases(preset: str, backends: Sequence[str], device: str) -> List[Case]:
+    """The SCAN suite's cases: every backend at one T before the next T (a cut loses whole T points)."""
+    return [Case(suite="throughput", name=s.name, backend=b, device=device, cell=s.cell, layers=s.layers,
+                 batch=s.batch, seq_len=s.seq_len, input_size=s.input_size, hidden_size=s.hidden, dtype=s.dtype,
+                 settings={"tags": ",".join(s.tags), "modes": ",".join(s.modes)})
+            for s in scan_shapes(preset) for b in dict.fromkeys(backends)]
+
+
+class GpuReferenceScan(ThroughputSuite):
+    """The throughput suite's scan sweep at GPU sizes (rows are ``throughput`` rows)."""
+
+    name = "throughput"
+    processes = 1
+    timeout_s = 120.0
+
+    def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
+        self.check_args(preset, device)
+        return scan_cases(preset, backends or SCAN_BACKENDS, device)
+
+
+SCAN = GpuReferenceScan()
 
 
 # -- memory -----------------------------------------------------------------------------------------------

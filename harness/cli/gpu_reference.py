@@ -7,7 +7,9 @@ On a machine with a CUDA GPU, in at most 8 minutes from the start of the script 
    PyTorch fastrnns' shape and Baidu DeepBench's CUDA shapes; every row has the achieved GFLOP/s and its fraction of
    the GEMM ceiling measured in the same process (``eff_gemm``: square 8192³ GEMM; ``eff_recurrent``);
 2. ``throughput-jax`` — the same for ``jax`` and ``jax-unroll8`` (``lax.scan``; TF32 = matmul precision default);
-3. ``memory`` — device memory of BPTT against RTRL (JAX: both at the same points; torch: BPTT), float64;
+3. ``scan`` — minGRU's sequential forms (torch's cell loop, ``lax.scan``) against the parallel scans
+   (``torch-pscan``, ``jax-pscan``) across T at a fixed B·T: where the scan wins on the GPU;
+4. ``memory`` — device memory of BPTT against RTRL (JAX: both at the same points; torch: BPTT), float64;
 
 each through ``rnnbench run`` into its own run directory (rows crash-safe, as always), then ``rnnbench report`` of
 each run directory, and ``summary.md`` (achieved TFLOP/s against the measured ceilings, per backend and shape;
@@ -66,7 +68,7 @@ SUMMARY = "summary.md"
 PLAN_JSON = "gpu-reference.json"
 PLUGINS = "harness.cli.gpu_plugins"
 #: The parts, in the order they run (see :func:`parts`); known without importing anything.
-PART_NAMES = ("throughput-torch", "throughput-jax", "memory")
+PART_NAMES = ("throughput-torch", "throughput-jax", "scan", "memory")
 
 
 # -- the parts -----------------------------------------------------------------------------------------------
@@ -95,11 +97,13 @@ def parts(smoke: bool = False) -> List[Part]:
     jax_b = ("jax",) + (() if smoke else ("jax-unroll8",))
     pair = lambda bs: tuple(x for b in bs for x in (b, _tf32(b)))  # noqa: E731 - each variant beside its twin
     return [
-        Part("throughput-torch", f"{PLUGINS}:THROUGHPUT", pair(torch_b), 0.45, 0.1, 90.0,
+        Part("throughput-torch", f"{PLUGINS}:THROUGHPUT", pair(torch_b), 0.40, 0.1, 90.0,
              "throughput: cuDNN, native (cuDNN off), cell loop, torch.compile; TF32 off and on"),
-        Part("throughput-jax", f"{PLUGINS}:THROUGHPUT", pair(jax_b), 0.35, 0.1, 90.0,
+        Part("throughput-jax", f"{PLUGINS}:THROUGHPUT", pair(jax_b), 0.30, 0.1, 90.0,
              "throughput: JAX lax.scan, unroll 8; TF32 off (precision highest) and on (default)"),
-        Part("memory", f"{PLUGINS}:MEMORY", ("jax", "torch"), 0.20, 0.05, 60.0,
+        Part("scan", f"{PLUGINS}:SCAN", ("torch-cell", "torch-pscan", "jax", "jax-pscan"), 0.15, 0.1, 60.0,
+             "gated linear cells (minGRU): sequential (cell loop, lax.scan) against parallel scan across T"),
+        Part("memory", f"{PLUGINS}:MEMORY", ("jax", "torch"), 0.15, 0.05, 60.0,
              "device memory of BPTT vs RTRL (float64): JAX both at the same points, torch BPTT"),
     ]
 
@@ -109,6 +113,8 @@ def part_cases(part: Part, device: str, preset: str) -> List[Any]:
     from harness.cli import gpu_plugins as gp
     if part.suite.endswith(":MEMORY"):
         return gp.memory_cases(preset, part.backends, device)
+    if part.suite.endswith(":SCAN"):
+        return gp.scan_cases(preset, part.backends, device)
     return gp.throughput_cases(preset, part.backends, device)
 
 
@@ -614,6 +620,25 @@ def status_lines(plan: Dict, results: Sequence[Dict[str, Any]], rows_by_part: Di
     return out + ([""] + notes if notes else [])
 
 
+def scan_table(thr: Sequence[Dict[str, Any]]) -> List[str]:
+    """The scan sweep's crossovers (:func:`suites.throughput.scan_report.crossovers`) as Markdown lines."""
+    import pandas as pd
+    from suites.throughput import scan_report
+    rows = [{**{k: v for k, v in r.items() if k != "extra"}, **(r.get("extra") or {})} for r in thr
+            if "scan-T" in str((r.get("extra") or {}).get("tags", "")).split(",")]
+    if not rows:
+        return ["(no scan-sweep rows)"]
+    cs = scan_report.crossovers(pd.DataFrame(rows))
+    if not cs:
+        return ["(no parallel scan with a sequential form beside it at the same T)"]
+    out = ["| scan | mode | against | crossover | sequential time / scan time by T |", "|---|---|---|---|---|"]
+    for c in cs:
+        out.append(f"| {c['backend']} (minGRU H={c['hidden_size']}) | {c['mode']} | {c['against']} | "
+                   f"{scan_report._crossover_text(c)} | "
+                   + ", ".join(f"{T}: {v:.2f}" for T, v in sorted(c["ratios"].items())) + " |")
+    return out
+
+
 def summary_markdown(plan: Dict, results: Sequence[Dict[str, Any]], rows_by_part: Dict[str, List[Dict]],
                      metas: Dict[str, Dict], reports: Dict[str, str], setup_s: Optional[float] = None,
                      wall_s: Optional[float] = None) -> str:
@@ -647,6 +672,7 @@ def summary_markdown(plan: Dict, results: Sequence[Dict[str, Any]], rows_by_part
         body += ["", f"## Achieved TFLOP/s against the GEMM ceiling, {title}", ""] + throughput_table(thr, mode)
     for mode, title in (("train", "training"), ("fwd", "inference forward")):
         body += ["", f"## Per shape, {title}: TFLOP/s (eff_gemm)", ""] + shape_table(thr, mode)
+    body += ["", "## Gated linear cells: where the parallel scan wins", ""] + scan_table(thr)
     body += ["", "## Device memory: BPTT vs RTRL (float64)", ""] + memory_table(mem)
     return "\n".join(head + body) + "\n"
 
@@ -657,7 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scripts/gpu-reference",
         description="The GPU reference: throughput of cuDNN, native, cell loop, torch.compile and JAX at the "
                     "fastrnns and DeepBench shapes, TF32 off and on, achieved TFLOP/s against the GEMM ceiling "
-                    "measured in the same process; device memory of BPTT versus RTRL. At most "
+                    "measured in the same process; minGRU sequential against parallel scan across T; device memory "
+                    "of BPTT versus RTRL. At most "
                     f"{TOTAL_S / 60:g} minutes from the start of scripts/gpu-reference (its setup included), "
                     f"into {OUT_ROOT}/<gpu-name>/ (a run directory per part, their reports, {SUMMARY}).",
         epilog="Exit codes: 0 done (parts stopped at their deadline included; summary.md lists what is missing); "

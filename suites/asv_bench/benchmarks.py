@@ -19,7 +19,12 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 BACKENDS = ["numpy", "torch", "jax"]
-CELLS = ["rnn_tanh", "lstm", "gru"]
+#: The classic cells and the gated linear ones (minGRU, minLSTM, RG-LRU), at the same shapes.
+CELLS = ["rnn_tanh", "lstm", "gru", "mingru", "minlstm", "rglru"]
+GATED_CELLS = ["mingru", "minlstm", "rglru"]
+#: The throughput suite's scan sweep (quick preset: minGRU H=128 at B·T = 16384): sequential forms and scans.
+SCAN_BACKENDS = ["numpy", "torch-cell", "torch-pscan", "jax", "jax-pscan"]
+SCAN_T = [64, 1024, 16384]
 #: small = the throughput suite's smoke shape (H=32, B=8, T=20); medium = its quick preset's centre point
 #: (H=128, B=32, T=50). Looked up in the suite, so asv times exactly what `rnnbench run` times.
 SIZES = ["small", "medium"]
@@ -90,6 +95,11 @@ def prepare_throughput(backend: str, cell: str, size: str, device: str, mode: st
     if device == "cuda" and _no_cuda_driver():
         raise _skip(f"backend {backend} on cuda: no NVIDIA driver on this machine")
     suite, case = throughput_case(backend, cell, size, device)
+    return _prepared(suite, case, backend, device, mode)
+
+
+def _prepared(suite, case, backend: str, device: str, mode: str) -> Callable[[], Any]:
+    """The suite's timed callable for ``case`` (its make_data, the backend's prepare_*), called once."""
     tp = sys.modules[type(suite).__module__]
     if not hasattr(tp, "make_data"):
         raise _skip("this checkout's throughput suite has no make_data()")
@@ -163,6 +173,27 @@ class TimeTrain(_ThroughputTime):
     mode = "train"
 
     def time_train(self, backend, cell, size, device):
+        self.fn()
+
+
+class TimeScan:
+    """One call of the scan sweep's minGRU case at sequence length T (B·T fixed): the sequential forms against the
+    parallel scans, as the throughput suite times them (seconds per call)."""
+
+    params = (SCAN_BACKENDS, ["fwd", "train"], SCAN_T)
+    param_names = ("backend", "mode", "seq_len")
+    timeout = 600
+
+    def setup(self, backend: str, mode: str, seq_len: int) -> None:
+        suite = get_suite("throughput")
+        case = next((c for c in suite.cases("quick", [backend], "cpu")
+                     if c.backend == backend and c.seq_len == int(seq_len)
+                     and "scan-T" in str(c.settings.get("tags", "")).split(",")), None)
+        if case is None:
+            raise _skip(f"the throughput suite has no scan-sweep case at T={seq_len} for {backend}")
+        self.fn = _prepared(suite, case, backend, "cpu", mode)
+
+    def time_scan(self, backend, mode, seq_len):
         self.fn()
 
 
@@ -278,6 +309,46 @@ class TrackGradients:
     def track_failed_checks(self, cache, setting):
         return cache["_failed_checks"]
     track_failed_checks.unit = "checks"
+
+
+class TrackGatedGradients:
+    """Gated linear cells (float64 NumPy, smoke preset): the worst relative distance of ‖∂L/∂h_{T−k}‖ from the
+    exact product dh_T ⊙ Π a_t (rounding-level when right), and the measured forgetting time in steps."""
+
+    params = (GATED_CELLS,)
+    param_names = ("cell",)
+    timeout = 900
+
+    def setup_cache(self):
+        out: Dict[Any, Any] = {}
+        try:
+            suite = get_suite("gradients")
+            cases = [c for c in suite.cases("smoke", ["numpy"], "cpu")
+                     if c.settings.get("kind") == "gated" and c.dtype == "float64"]
+        except Exception as e:  # noqa: BLE001
+            return {"_skip": f"gradients suite unavailable: {e}"}
+        for cell in GATED_CELLS:
+            case = next((c for c in cases if c.cell == cell), None)
+            if case is None:
+                out[(cell, "err")] = out[(cell, "forget")] = f"no gated-cell gradient case for {cell} in this checkout"
+                continue
+            rows = suite_rows("gradients", case)
+            out[(cell, "err")] = pick(rows, "exact_product_rel_err")
+            out[(cell, "forget")] = pick(rows, "forget_steps")
+        return out
+
+    def setup(self, cache, cell):
+        if "_skip" in cache:
+            raise _skip(cache["_skip"])
+        _cached(cache, (cell, "err"))
+
+    def track_exact_product_rel_err(self, cache, cell):
+        return _cached(cache, (cell, "err"))
+    track_exact_product_rel_err.unit = "relative"
+
+    def track_forget_steps(self, cache, cell):
+        return _cached(cache, (cell, "forget"))
+    track_forget_steps.unit = "steps"
 
 
 # -- CTC: max errors against the float64 reference (deterministic) -----------------------------------------
