@@ -217,3 +217,250 @@ def test_quick_preset_gives_frameworks_their_own_t_sweep():
     rt = [c for c in SUITE.cases("quick", ["jax"], "cpu") if c.settings.get("algorithm") == "rtrl"]
     assert [(c.seq_len, c.hidden_size) for c in rt] == [(200, 16)]
     assert not [c for c in SUITE.cases("quick", ["torch"], "cpu") if c.settings.get("pair_hidden")]
+
+
+# -- the gated linear cells (issue 16, memory) ---------------------------------------------------------------
+
+GATED = ("mingru", "minlstm", "rglru")
+
+
+def _pts(cases, **match):
+    return [c for c in cases if c.settings.get("kind") is None and all(
+        (getattr(c, k) if hasattr(c, k) else c.settings.get(k)) == v for k, v in match.items())]
+
+
+def test_gated_points_exist_in_every_preset():
+    from suites.memory.suite import FIXED_I, SUITE
+    smoke, quick, full = (SUITE.cases(p, ["numpy"], "cpu") for p in ("smoke", "quick", "full"))
+    for preset, cs, cells, ratio_cells, Ts in (("smoke", smoke, GATED, ("mingru",), [40, 80, 160]),
+                                               ("quick", quick, ("mingru",), ("mingru",), [200, 400, 800, 1600]),
+                                               ("full", full, GATED, GATED, [200, 400, 800, 1600, 3200])):
+        for cell in cells:
+            for alg in ("bptt", "rtrl", "tbptt"):
+                got = _pts(cs, cell=cell, sweep="T", algorithm=alg)
+                assert sorted(c.seq_len for c in got) == Ts, (preset, cell, alg)
+                assert all(c.input_size == c.hidden_size and "fixed_input" not in c.settings for c in got)
+            # the gated tBPTT is the backend's own, chunked: measured and timed as impl="chunked"
+            assert {c.settings["impl"] for c in _pts(cs, cell=cell, sweep="T", algorithm="tbptt")} == {"chunked"}
+        ratio = [c for c in cs if c.settings.get("kind") == "time_ratio"]
+        assert sorted(c.cell for c in ratio) == sorted(ratio_cells)
+        assert cs[-1].settings.get("kind") == "summary" and len({c.key for c in cs}) == len(cs)
+    assert not _pts(quick, cell="minlstm") and not _pts(quick, cell="rglru")
+    # quick: the fixed-I H sweep of minGRU (RTRL at one length, BPTT at two) and the LSTM's RTRL beside it
+    fx = _pts(quick, cell="mingru", sweep="H")
+    assert {(c.hidden_size, c.input_size, c.batch) for c in fx} == {(H, FIXED_I, 1) for H in (32, 64, 128, 256, 512)}
+    assert all(c.settings["fixed_input"] == FIXED_I and f"-I{FIXED_I}-" in c.name for c in fx)
+    assert sorted({c.seq_len for c in fx if c.settings["algorithm"] == "bptt"}) == [40, 160]
+    lstm = _pts(quick, cell="lstm", fixed_input=FIXED_I)
+    assert sorted((c.hidden_size, c.settings["algorithm"]) for c in lstm) == [(32, "rtrl"), (64, "rtrl"), (128, "rtrl")]
+    assert not [c for c in lstm if c.settings.get("pair_hidden")]
+    (r,) = [c for c in quick if c.settings.get("kind") == "time_ratio"]
+    assert (r.cell, r.hidden_size, r.input_size, r.batch, r.seq_len) == ("mingru", 256, 256, 1, 200)
+    assert {c.cell for c in _pts(full, sweep="H") if c.settings.get("fixed_input")} == set(GATED) | {"lstm"}
+    # smoke: the fixed-I sweep at H >= 32 (what the summary fits)
+    assert sorted({c.hidden_size for c in _pts(smoke, cell="mingru", sweep="H")}) == [32, 64, 128]
+    # the other backends measure no gated point, no fixed-I point and no time ratio
+    for preset in ("smoke", "quick", "full"):
+        for c in SUITE.cases(preset, ["torch", "torch-cell", "jax"], "cpu"):
+            assert c.cell not in GATED and not c.settings.get("fixed_input"), (preset, c.name)
+            assert c.settings.get("kind") != "time_ratio"
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, True, "64"])
+def test_point_refuses_a_bad_input_size(bad):
+    from harness.core.errors import InputError
+    from suites.memory.suite import Point
+    with pytest.raises(InputError, match=r"Point\.input: got"):
+        Point("H", "mingru", 1, 40, 64, "rtrl", input=bad)
+    assert Point("H", "mingru", 1, 40, 64, "rtrl", input=8).input_size == 8
+    assert Point("H", "mingru", 1, 40, 64, "rtrl").input_size == 64
+
+
+def test_gated_theory_refuses_what_it_does_not_count():
+    from harness.core.errors import InputError
+    from suites.memory import theory
+    with pytest.raises(InputError, match="num_layers"):
+        theory.gated_rtrl_elements(CellSpec("mingru", 8, 8, 2), 10, 1)
+    with pytest.raises(InputError, match="gated linear counts"):
+        theory.gated_bptt_elements(CellSpec("lstm", 8, 8), 10, 1)
+    with pytest.raises(InputError, match="block"):
+        theory.gated_step_costs(CellSpec("mingru", 8, 8), 1, 8, 0)
+    with pytest.raises(InputError, match="batch"):
+        theory.gated_step_costs(CellSpec("mingru", 8, 8), 0, 8, 32)
+    with pytest.raises(InputError, match="seq_len"):
+        theory.gated_bptt_elements(CellSpec("rglru", 8, 8), 0, 1)
+
+
+@pytest.mark.parametrize("cell", GATED)
+def test_gated_theory_matches_the_traced_peak(cell):
+    """tracemalloc's exact peak of the reference against the counted theory, every algorithm; RTRL flat in T
+    (one block's buffers alive at a time); tBPTT growing with T by dx alone (the chunks' gradients summed)."""
+    from harness.core.params import init_params
+    from implementations import registry
+    from suites.memory.theory import theory_bytes
+    be = registry.get("numpy", "cpu")
+    I, H, B = 32, 64, 4
+    spec = CellSpec(cell, I, H)
+    params = init_params(spec, seed=0, dtype="float64")
+    peaks = {}
+    for T in (80, 320):
+        rng = np.random.default_rng(1)
+        x, dy = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, H))
+        for alg, k in (("bptt", None), ("rtrl", None), ("tbptt", 20)):
+            got = be.peak_memory(spec, params, x, dy, np.zeros((1, B, H)), algorithm=alg, truncation=k)["peak_bytes"]
+            th = theory_bytes(spec, T, B, "float64", alg, k)
+            assert 1.0 <= got / th < 1.06, (alg, T, got, th)
+            peaks[(alg, T)] = got
+    assert peaks[("rtrl", 320)] == pytest.approx(peaks[("rtrl", 80)], rel=0.01)
+    assert peaks[("tbptt", 320)] - peaks[("tbptt", 80)] == pytest.approx(240 * B * I * 8, rel=0.05)
+    assert peaks[("bptt", 320)] > 3.5 * peaks[("bptt", 80)] * 0.95
+    # the classic cells' count (harness.core.cells) is not the gated reference's: theory counts its own
+    assert theory_bytes(spec, 80, B, "float64", "bptt") > 2 * spec.definition.bptt_stored_elements(
+        B, 80, [I], H, spec.num_params) * 8
+
+
+def _gated_synthetic_rows():
+    from suites.base import Case
+    rows = []
+
+    def add(cell, alg, T, H, I, mem, fixed):
+        settings = {"sweep": "H", "algorithm": alg, "truncation": None, "impl": "backend"}
+        if fixed:
+            settings["fixed_input"] = I
+        c = Case("memory", f"x-{cell}-{alg}-{T}-{H}-{I}", "numpy", "cpu", cell, 1, 1, T, I, H, "float64",
+                 settings=settings)
+        rows.append(c.row("peak_bytes", mem, "B", theory_bytes=mem))
+        rows.append(c.row("time_per_step_us", float(H), "us"))
+    for H in (32, 64, 128):
+        add("mingru", "rtrl", 40, H, 64, 1000.0 * H, True)        # ∝ H at fixed I
+        add("mingru", "bptt", 40, H, 64, 100.0 * H * 40, True)
+        add("mingru", "bptt", 160, H, 64, 100.0 * H * 160, True)
+        add("mingru", "rtrl", 40, H, H, 10.0 * H * H, False)      # ∝ H² at I = H: another group
+        add("lstm", "rtrl", 10, H, 64, float(H) ** 2.5, True)
+        add("lstm", "rtrl", 10, H, H, float(H) ** 3, False)
+    return rows
+
+
+def test_fixed_input_sweeps_group_apart_with_their_own_targets():
+    from suites.memory.suite import SUITE, derive
+    rows = _gated_synthetic_rows()
+    out = list(derive(rows, SUITE.cases("smoke", ["numpy"], "cpu")[-1]))
+    ex = {(r["cell"], r["extra"]["algorithm"], r["extra"].get("fixed_input")): r for r in out
+          if r["metric"] == "exponent_mem_H"}
+    assert set(ex) == {("mingru", "rtrl", 64), ("mingru", "bptt", 64), ("mingru", "rtrl", None),
+                       ("lstm", "rtrl", 64), ("lstm", "rtrl", None)}
+    g = ex[("mingru", "rtrl", 64)]
+    assert g["value"] == pytest.approx(1.0) and (g["extra"]["target_lo"], g["extra"]["target_hi"]) == (0.9, 1.1)
+    assert g["input_size"] == 64 and g["extra"]["theory_exponent"] == pytest.approx(1.0)
+    assert ex[("mingru", "rtrl", None)]["value"] == pytest.approx(2.0)
+    assert ex[("lstm", "rtrl", 64)]["value"] == pytest.approx(2.5)
+    assert ex[("lstm", "rtrl", 64)]["extra"]["target_lo"] is None  # the classic targets are for I = H
+    assert (ex[("lstm", "rtrl", None)]["extra"]["target_lo"], ex[("lstm", "rtrl", None)]["extra"]["target_hi"]) \
+        == (2.7, 3.3)
+    t = {(r["cell"], r["extra"].get("fixed_input")): r for r in out
+         if r["metric"] == "exponent_time_H" and r["extra"]["algorithm"] == "rtrl"}
+    assert t[("mingru", 64)]["extra"]["target_lo"] is None and t[("lstm", None)]["extra"]["target_lo"] == 3.5
+    # T* from the fixed-I sweep's own BPTT line and RTRL level: 1000·H / (100·H) = 10 steps at every H
+    cr = [r for r in out if r["metric"] == "crossover_T"]
+    assert [r["extra"]["fixed_input"] for r in cr] == [64, 64, 64]
+    assert all(r["value"] == pytest.approx(10.0) for r in cr)
+
+
+def test_smoke_runs_the_gated_points_end_to_end(tmp_path):
+    """The smoke preset's gated cases through SUITE.run (fresh-process peaks, timings), rows written and read back
+    by the summary: measured/theory near 1, RTRL flat in T, the fixed-I exponent within its target, the time-ratio
+    rows of both forms."""
+    from harness.measure.records import RowWriter
+    from suites.base import RunContext
+    from suites.memory.suite import SUITE
+    cs = [c for c in SUITE.cases("smoke", ["numpy"], "cpu")
+          if c.cell in GATED or c.settings.get("kind") in ("summary", "time_ratio")]
+    ctx = RunContext(seed=0, threads=1, preset="smoke", run_dir=str(tmp_path))
+    rows = []
+    with RowWriter(str(tmp_path), "r1") as w:
+        for c in cs:
+            for r in SUITE.run(c, ctx):
+                w.write(r)
+                rows.append(r)
+    assert all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows if r["status"] != "ok"][:3]
+    peaks = [r for r in rows if r["metric"] == "peak_bytes"]
+    assert len(peaks) == len([c for c in cs if c.settings.get("kind") is None])
+    assert all(1.0 <= r["extra"]["ratio"] < 1.3 for r in peaks), sorted(r["extra"]["ratio"] for r in peaks)[-3:]
+    times = [r for r in rows if r["metric"] == "time_per_step_us" and r["extra"]["algorithm"] == "rtrl"]
+    assert times and all(r["extra"]["chunk"] == 32 and r["extra"]["timed_steps"] % 32 == 0 for r in times)
+    ex = {(r["metric"], r["cell"], r["extra"]["algorithm"], r["extra"].get("fixed_input")): r["value"]
+          for r in rows if r["metric"].startswith("exponent_mem")}
+    assert 0.9 < ex[("exponent_mem_H", "mingru", "rtrl", 16)] < 1.1
+    for cell in GATED:
+        assert abs(ex[("exponent_mem_T", cell, "rtrl", None)]) < 0.1
+        assert 0.9 < ex[("exponent_mem_T", cell, "bptt", None)] < 1.1
+    ratio = {r["extra"]["form"]: r for r in rows if r["metric"] == "rtrl_bptt_time_ratio"}
+    assert set(ratio) == {"step", "block"} and ratio["step"]["extra"]["chunk"] == 1
+    for form, r in ratio.items():
+        e = r["extra"]
+        assert r["value"] > 0 and len(r["samples"]) == e["rounds"] >= 5
+        assert r["value"] == pytest.approx(float(np.median(r["samples"])))
+        assert e["grad_rel_diff"] < 1e-12  # the forms compute BPTT's gradient
+        assert e["rtrl_us_per_step_range"][0] <= e["rtrl_us_per_step"] <= e["rtrl_us_per_step_range"][1]
+        assert e["model_bytes_per_step"] > 0 and e["model_bytes_ratio"] == pytest.approx(
+            e["model_bytes_per_step"] / e["bptt_model_bytes_per_step"])
+    # per-step RTRL passes over the influence every step, the block form once per block
+    assert ratio["step"]["extra"]["model_bytes_per_step"] > 4 * ratio["block"]["extra"]["model_bytes_per_step"]
+
+
+def test_time_ratio_case_refuses_what_it_does_not_time():
+    from suites.base import Case, RunContext
+    from suites.memory.suite import SUITE
+    c = Case("memory", "ratio-x", "numpy", "cpu", "lstm", 1, 1, 10, 8, 8, "float64",
+             settings={"kind": "time_ratio", "algorithm": "rtrl", "chunk": 32})
+    out = list(SUITE.run(c, RunContext(seed=0)))
+    assert [r["extra"]["form"] for r in out] == ["step", "block"]
+    assert all(r["status"] == "skipped" and "gated linear cells" in r["reason"] for r in out)
+    c2 = Case("memory", "ratio-y", "numpy", "cpu", "mingru", 2, 1, 10, 8, 8, "float64",
+              settings={"kind": "time_ratio", "algorithm": "rtrl", "chunk": 32})
+    out = list(SUITE.run(c2, RunContext(seed=0)))
+    assert all(r["status"] == "skipped" and "num_layers=2" in r["reason"] for r in out)
+
+
+def test_gated_step_costs_count_the_passes():
+    """The bytes model: per-step RTRL 11 passes of the influence per step, the block form 11 per block."""
+    from suites.memory.theory import gated_step_costs
+    spec = CellSpec("mingru", 256, 256)
+    c = gated_step_costs(spec, 1, 8, 32)
+    m, W = 2 * 256 * 257, 2 * 256 * 256  # the influence; the weights (the step form's one-step GEMM reads them)
+    assert c["step"]["influence_bytes"] == m * 8
+    assert c["step"]["bytes"] - c["block"]["bytes"] == pytest.approx((11 * m + W) * 8 * (1 - 1 / 32), rel=0.02)
+    assert c["block"]["flops"] == pytest.approx(c["bptt"]["flops"], rel=0.05)  # about BPTT's FLOPs
+    assert c["bptt"]["bytes"] < c["block"]["bytes"] / 4
+
+
+def test_report_has_the_gated_section(tmp_path):
+    pytest.importorskip("matplotlib")
+    import pandas as pd
+    from suites.base import Case
+    from suites.memory.report import H_GATED, findings, section
+    from suites.memory.suite import SUITE, derive
+    rows = _gated_synthetic_rows()
+    for form, chunk, v in (("step", 1, 13.0), ("block", 32, 1.2)):
+        c = Case("memory", "ratio-mingru", "numpy", "cpu", "mingru", 1, 1, 200, 256, 256, "float64",
+                 settings={"kind": "time_ratio", "algorithm": "rtrl", "chunk": 32})
+        rows.append(c.row("rtrl_bptt_time_ratio", v, "ratio", samples=[v * 0.9, v, v * 1.1], form=form, chunk=chunk,
+                          rtrl_us_per_step=v * 30, rtrl_us_per_step_range=[v * 27, v * 33], bptt_us_per_step=30.0,
+                          bptt_us_per_step_range=[29.0, 31.0], model_bytes_per_step=1e6, bptt_model_bytes_per_step=1e5,
+                          model_bytes_ratio=10.0, rtrl_model_gbps=20.0, bptt_model_gbps=2.0, rounds=3))
+    rows += list(derive(rows, SUITE.cases("smoke", ["numpy"], "cpu")[-1]))
+    flat = []
+    for r in rows:
+        f = {k: v for k, v in r.items() if k != "extra"}
+        for k, v in r["extra"].items():
+            f.setdefault(k, v)
+        flat.append(f)
+    df = pd.DataFrame(flat)
+    md = section(df, str(tmp_path / "figures"))
+    part = md.split(f"### {H_GATED}")[1]
+    assert "step (chunk 1) | **13.00×** [11.70–14.30]" in part and "block (chunk 32) | **1.20×**" in part
+    assert "1.00 (I=64, B=1, H 32–128, theory 1.00)" in part      # minGRU at fixed I
+    assert "2.50 (I=64, B=1, H 32–128, theory 2.50)" in part      # the LSTM beside it
+    assert "3.00 (B=1, H 32–128, theory 3.00)" in part            # the LSTM at I = H
+    bullets = [b for b in findings(df) if "Gated linear cells" in b]
+    assert len(bullets) == 1 and "step 13.00×" in bullets[0] and "H^1.00 at I=64" in bullets[0]

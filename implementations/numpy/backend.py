@@ -104,7 +104,8 @@ class NumpyBackend(BackendBase):
     def peak_memory(self, spec, params, x, dy, d_final_state, algorithm="bptt", truncation=None, impl="backend",
                     **options) -> dict:
         """tracemalloc sees every NumPy buffer: the exact peak. RTRL is measured without ``dx`` (dx would be one
-        BPTT pass, ∝ T); ``impl="chunked"`` measures tBPTT through ``numpy.rtrl.tbptt_chunked_vjp``."""
+        BPTT pass, ∝ T); ``impl="chunked"`` measures tBPTT through ``numpy.rtrl.tbptt_chunked_vjp`` (the gated
+        linear cells' own tBPTT, ``gated_linear.vjp(truncation=k)``, is chunked already: measured as it is)."""
         from harness.core.errors import Unsupported
         from harness.core.peaks import tracemalloc_peak
         self._check(spec, params, x, None)  # validate before the measured region

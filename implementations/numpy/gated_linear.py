@@ -162,19 +162,31 @@ def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarra
         raise InputError(f"truncation: got {truncation!r}; expected an integer k >= 1")
     k = int(truncation)
     h = np.zeros((spec.num_layers, B, H), x.dtype) if state is None else state
-    chunks: List[Params] = []
-    dxs, dstate = [], None
+    # The chunks' parameter gradients are summed as they come and dx is written into one (T, B, I) array: what
+    # stays alive between chunks is one gradient and dx, not one gradient per chunk and a second dx.
+    total: Optional[Params] = None
+    dx = np.empty_like(x)
+    dstate = None
     for t0 in range(0, T, k):
         t1 = min(T, t0 + k)
         g, h = _vjp_full(spec, params, x[t0:t1], h, None if dy is None else dy[t0:t1],
                          d_final_state if t1 == T else None)
-        chunks.append(g.params)
-        dxs.append(g.dx)
+        dx[t0:t1] = g.dx
         dstate = g.dstate if dstate is None else dstate
-    layers = [LayerParams(**{n: (None if getattr(lp, n) is None else sum(getattr(c.layers[l], n) for c in chunks))
-                             for n in PARAM_NAMES}) for l, lp in enumerate(chunks[0].layers)]
-    return Grads(params=Params(layers), dx=np.concatenate(dxs), dstate=dstate,
-                 extra={"algorithm": "tbptt", "truncation": k})
+        if total is None:
+            total = g.params  # fresh arrays of this call: summed into in place
+        else:
+            _add_into(total, g.params)
+        del g  # this chunk's gradient must not stay alive through the next chunk
+    return Grads(params=total, dx=dx, dstate=dstate, extra={"algorithm": "tbptt", "truncation": k})
+
+
+def _add_into(total: Params, part: Params) -> None:
+    """``total += part``, parameter by parameter, in place."""
+    for acc_l, lp in zip(total.layers, part.layers):
+        for n in PARAM_NAMES:
+            if getattr(acc_l, n) is not None:
+                getattr(acc_l, n)[...] += getattr(lp, n)
 
 
 def _vjp_full(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarray], dy: Optional[np.ndarray],
@@ -329,6 +341,10 @@ def rtrl(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarr
             m_lam = decay * m_lam + (e * e_lam).sum(axis=0)
         acc_h0 += alpha * dstate
         dstate *= decay
+        # Free this block's buffers before the next block allocates its own: otherwise both blocks' sets are
+        # alive at once (Python keeps a name's old array until the name is rebound) and the peak holds two.
+        del a, u, cache, hp, dA_unit, c, e_lam, g, w, e, alpha, decay, xt
+    del M, tmp  # the gradient is formed from acc alone: the influence and the GEMM buffer are not needed any more
     acc = acc.reshape(H, G, I + 1)
     wg = acc[:, :, :I].transpose(1, 0, 2).reshape(G * H, I)
     bg = acc[:, :, I].T.reshape(G * H) if lp.b_ih is not None else None
