@@ -143,6 +143,27 @@ class Suite:
         return list(fn(df, **opts)) if callable(fn) else []
 
 
+def declared(backend: str, device: str) -> Dict[str, Any]:
+    """What ``backend`` declares (:func:`implementations.registry.capabilities`); where it cannot run on ``device``
+    here, its CPU declaration (which cells and sweeps a backend runs does not depend on the device); {} when it
+    cannot be described at all."""
+    from implementations import registry
+    return registry.describe(backend, device).capabilities or registry.describe(backend, "cpu").capabilities
+
+
+def wants_cell(caps: Dict[str, Any], cell: str) -> bool:
+    """Whether a backend declaring ``caps`` (:func:`declared`) gets a suite's cases of ``cell``: a gated linear cell
+    only where it declares that cell; a classic cell everywhere (an unsupported one is recorded ``skipped`` with
+    the reason) except on a variant that runs nothing but the gated linear cells (``sweep = "gated-linear"``:
+    the parallel scans), whose cases would be nothing but skipped rows. No declaration: every case."""
+    from harness.core import cells
+    if not caps:
+        return True
+    if cell in cells.names() and cells.get(cell).gated_linear:
+        return cell in (caps.get("cells") or ())
+    return caps.get("sweep") != "gated-linear"
+
+
 def get_suite(name: str) -> Suite:
     """The suite called ``name``; ``ValueError`` listing the known ones otherwise."""
     if name not in SUITE_MODULES:

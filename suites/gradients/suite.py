@@ -46,7 +46,7 @@ import numpy as np
 
 from suites.gradients import theory as th
 from harness.core.errors import InputError, InputTypeError, Unsupported
-from suites.base import Case, RunContext, Suite
+from suites.base import Case, RunContext, Suite, declared, wants_cell
 
 def _cell(name: str):
     """The cell's definition: whether it is gated (bias sweep, direct-path theory) or vanilla (ρ sweep, σ·f')."""
@@ -59,15 +59,6 @@ def _all_cells() -> Tuple[str, ...]:
     their own (kind ``gated``: the exact product of the a_t)."""
     from harness.core import cells
     return cells.names(gated_linear=False)
-
-
-def _claims(backend: str, device: str, cell: str) -> bool:
-    """Whether ``backend`` declares ``cell`` (a backend that cannot be described here is given its cases: the
-    runner records them skipped with the reason). A variant that runs only other cells (a parallel scan of the
-    gated linear cells) gets no cases of this one: they would be nothing but skipped rows."""
-    from implementations import registry
-    caps = registry.describe(backend, device).capabilities or registry.describe(backend, "cpu").capabilities
-    return not caps or cell in (caps.get("cells") or ())
 
 
 #: Thresholds of the checks (stated in the rows' ``threshold``).
@@ -217,7 +208,7 @@ class GradientsSuite(Suite):
             if b in reference:
                 continue
             for dtype in cfg.agree_dtypes:
-                for cell in (c for c in _all_cells() if _claims(b, device, c)):
+                for cell in (c for c in _all_cells() if wants_cell(declared(b, device), c)):
                     out.append(Case(name=f"{cell}-agree-{size_agree}-{dtype}", backend=b, device=device, cell=cell,
                                     dtype=dtype, **common_agree,
                                     settings={"kind": "agree", "seed": 0,
@@ -230,7 +221,7 @@ class GradientsSuite(Suite):
             if ref and device != "cpu":
                 continue
             for dtype in (cfg.dtypes if ref else cfg.agree_dtypes):
-                for cell in (c for c in cells.names(gated_linear=True) if _claims(b, device, c)):
+                for cell in (c for c in cells.names(gated_linear=True) if wants_cell(declared(b, device), c)):
                     c = common if ref else common_agree
                     out.append(Case(name=f"{cell}-exact-{size if ref else size_agree}-{dtype}", backend=b,
                                     device=device, cell=cell, dtype=dtype, **c, settings={"kind": "gated", "seed": 0}))

@@ -49,7 +49,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from harness.core.errors import InputError, Unsupported
-from suites.base import Case, RunContext, Suite
+from suites.base import Case, RunContext, Suite, declared, wants_cell
 from suites.equivalence import (CHECK_MAX_T, REL_TOL, CaseData, disagreement,  # noqa: F401 - the gate reads
                                 equivalence_error, make_data)  # these from the throughput suite's module
 
@@ -264,26 +264,21 @@ class ThroughputSuite(Suite):
         self.check_args(preset, device)
         out: List[Case] = []
         from harness.core import cells
-        from implementations import registry
         names = list(dict.fromkeys(backends or DEFAULT_BACKENDS))
         anchors = {b: _anchors_only(b, device) for b in names}
-        # What each backend runs (cells, sweep) does not depend on the device: where it cannot run on this device
-        # here (no GPU), its CPU declaration decides which cases it gets (they are then recorded as skipped).
-        caps = {b: registry.describe(b, device).capabilities or registry.describe(b, "cpu").capabilities
-                for b in names}
+        caps = {b: declared(b, device) for b in names}
         for shape in preset_shapes(preset, device):
-            gated = cells.get(shape.cell).gated_linear if shape.cell in cells.names() else False
+            gated = shape.cell in cells.names() and cells.get(shape.cell).gated_linear
             for b in names:
-                c = caps[b]
+                if not wants_cell(caps[b], shape.cell):
+                    continue
                 if gated:
-                    # A gated cell: only backends that claim it (the others would give nothing but skipped rows),
-                    # and once per code: torch's gated cells are torch-cell's step loop.
-                    same = (c.get("measured_as") or {}).get("gated", b)
-                    # The anchors rule does not apply: the sequential forms (torch-cell's loop, an unrolled scan)
-                    # are what the parallel scans are measured against.
-                    if c and (shape.cell not in (c.get("cells") or ()) or (same != b and same in names)):
+                    # Once per code: torch's gated cells are torch-cell's step loop. The anchors rule does not apply:
+                    # the sequential forms (torch-cell's loop, an unrolled scan) are what the scans are measured against.
+                    same = (caps[b].get("measured_as") or {}).get("gated", b)
+                    if same != b and same in names:
                         continue
-                elif (anchors[b] and not shape.all_variants) or c.get("sweep") == "gated-linear":
+                elif anchors[b] and not shape.all_variants:
                     continue
                 out.append(Case(suite=self.name, name=shape.name, backend=b, device=device, cell=shape.cell,
                                 layers=shape.layers, batch=shape.batch, seq_len=shape.seq_len,
