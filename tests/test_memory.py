@@ -9,6 +9,17 @@ from harness.core.spec import CellSpec
 from implementations.numpy import rtrl as numpy_rtrl
 
 
+
+def _flat(rows):
+    """Rows as report tables see them: ``extra`` merged into each row (the row's own keys win)."""
+    out = []
+    for r in rows:
+        f = {k: v for k, v in r.items() if k != "extra"}
+        for k, v in r["extra"].items():
+            f.setdefault(k, v)
+        out.append(f)
+    return out
+
 def test_theory_scaling():
     spec = CellSpec("lstm", 16, 16)
     from suites.memory.theory import theory_bytes
@@ -157,13 +168,7 @@ def test_report_section(tmp_path):
             if alg == "rtrl":
                 rows.append(c.row("rtrl_gemm_efficiency", 0.6, "ratio", achieved_gflops=6.0, ceiling_gflops=10.0))
     rows += list(derive(rows, SUITE.cases("smoke", ["numpy"], "cpu")[-1]))
-    flat = []
-    for r in rows:
-        f = {k: v for k, v in r.items() if k != "extra"}
-        for k, v in r["extra"].items():
-            f.setdefault(k, v)
-        flat.append(f)
-    md = section(pd.DataFrame(flat), str(tmp_path / "figures"))
+    md = section(pd.DataFrame(_flat(rows)), str(tmp_path / "figures"))
     assert "## Memory" in md and "figures/memory_vs_T.png" in md and "exponent_mem_H" in md
     for name in ("memory_vs_T.png", "memory_vs_H.png", "time_vs_H.png", "memory_crossover_T.png"):
         assert os.path.getsize(tmp_path / "figures" / name) > 1000, name
@@ -449,13 +454,7 @@ def test_report_has_the_gated_section(tmp_path):
                           bptt_us_per_step_range=[29.0, 31.0], model_bytes_per_step=1e6, bptt_model_bytes_per_step=1e5,
                           model_bytes_ratio=10.0, rtrl_model_gbps=20.0, bptt_model_gbps=2.0, rounds=3))
     rows += list(derive(rows, SUITE.cases("smoke", ["numpy"], "cpu")[-1]))
-    flat = []
-    for r in rows:
-        f = {k: v for k, v in r.items() if k != "extra"}
-        for k, v in r["extra"].items():
-            f.setdefault(k, v)
-        flat.append(f)
-    df = pd.DataFrame(flat)
+    df = pd.DataFrame(_flat(rows))
     md = section(df, str(tmp_path / "figures"))
     part = md.split(f"### {H_GATED}")[1]
     assert "step (chunk 1) | **13.00×** [11.70–14.30]" in part and "block (chunk 32) | **1.20×**" in part

@@ -148,7 +148,13 @@ class GpuReferenceThroughput(ThroughputSuite):
 
     def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
         self.check_args(preset, device)
-        return throughput_cases(preset, backends or THROUGHPUT_BACKENDS, device)
+        return self.case_list(preset, backends or self.default_backends(), device)
+
+    def case_list(self, preset: str, backends: Sequence[str], device: str) -> List[Case]:
+        return throughput_cases(preset, backends, device)
+
+    def default_backends(self) -> Tuple[str, ...]:
+        return THROUGHPUT_BACKENDS
 
 
 THROUGHPUT_BACKENDS = ("torch", "torch-native", "torch-cell", "torch-compile", "jax", "jax-unroll8")
@@ -183,16 +189,14 @@ def scan_cases(preset: str, backends: Sequence[str], device: str) -> List[Case]:
             for s in scan_shapes(preset) for b in dict.fromkeys(backends)]
 
 
-class GpuReferenceScan(ThroughputSuite):
+class GpuReferenceScan(GpuReferenceThroughput):
     """The throughput suite's scan sweep at GPU sizes (rows are ``throughput`` rows)."""
 
-    name = "throughput"
-    processes = 1
-    timeout_s = 120.0
+    def case_list(self, preset: str, backends: Sequence[str], device: str) -> List[Case]:
+        return scan_cases(preset, backends, device)
 
-    def cases(self, preset: str, backends: Optional[List[str]] = None, device: str = "cpu") -> List[Case]:
-        self.check_args(preset, device)
-        return scan_cases(preset, backends or SCAN_BACKENDS, device)
+    def default_backends(self) -> Tuple[str, ...]:
+        return SCAN_BACKENDS
 
 
 SCAN = GpuReferenceScan()

@@ -269,6 +269,16 @@ GRADIENT_SETTINGS = {
 }
 
 
+def _gradient_cases(kind: str):
+    """The gradients suite's float64 NumPy smoke cases of ``kind`` (``sweep``, ``gated``), or why there are none."""
+    try:
+        suite = get_suite("gradients")
+        return [c for c in suite.cases("smoke", ["numpy"], "cpu")
+                if c.settings.get("kind") == kind and c.dtype == "float64"]
+    except Exception as e:  # noqa: BLE001
+        return f"gradients suite unavailable: {e}"
+
+
 class TrackGradients:
     """Fitted per-step decay rate of ‖∂L/∂h_{T−k}‖ (float64 NumPy, smoke preset), and failed checks."""
 
@@ -278,12 +288,9 @@ class TrackGradients:
 
     def setup_cache(self):
         out: Dict[Any, Any] = {}
-        try:
-            suite = get_suite("gradients")
-            cases = [c for c in suite.cases("smoke", ["numpy"], "cpu")
-                     if c.settings.get("kind") == "sweep" and c.dtype == "float64"]
-        except Exception as e:  # noqa: BLE001
-            return {"_skip": f"gradients suite unavailable: {e}"}
+        cases = _gradient_cases("sweep")
+        if isinstance(cases, str):
+            return {"_skip": cases}
         failed = 0
         for cell in sorted({s[0] for s in GRADIENT_SETTINGS.values()}):
             case = next((c for c in cases if c.cell == cell), None)
@@ -321,12 +328,9 @@ class TrackGatedGradients:
 
     def setup_cache(self):
         out: Dict[Any, Any] = {}
-        try:
-            suite = get_suite("gradients")
-            cases = [c for c in suite.cases("smoke", ["numpy"], "cpu")
-                     if c.settings.get("kind") == "gated" and c.dtype == "float64"]
-        except Exception as e:  # noqa: BLE001
-            return {"_skip": f"gradients suite unavailable: {e}"}
+        cases = _gradient_cases("gated")
+        if isinstance(cases, str):
+            return {"_skip": cases}
         for cell in GATED_CELLS:
             case = next((c for c in cases if c.cell == cell), None)
             if case is None:
