@@ -432,7 +432,8 @@ def test_report_section_from_smoke_rows(smoke_rows, tmp_path):
     fig_dir = str(run / "figures")
     md = section(df, fig_dir, run_dir=str(run))
     for name in ("gradients_curves.png", "gradients_rate_vs_rho.png", "gradients_heatmap.png",
-                 "gradients_rate_vs_bias.png", "gradients_param_norm.png", "gradients_float32.png"):
+                 "gradients_rate_vs_bias.png", "gradients_param_norm.png", "gradients_float32.png",
+                 "gradients_gated.png"):
         assert os.path.getsize(os.path.join(fig_dir, name)) > 10_000, name
         assert f"(figures/{name})" in md
     assert "Fitted vs predicted rates" in md and "Pascanu" in md and "All checks passed." in md

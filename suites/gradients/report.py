@@ -221,6 +221,33 @@ def _fig_curves(df, fig_dir: str) -> Optional[str]:
     return _save(fig, fig_dir, "gradients_curves.png")
 
 
+def _fig_gated(df, fig_dir: str) -> Optional[str]:
+    """The gated linear cells' measured curves (solid) with the exact product of the a_t (dashed), beside the LSTM
+    and GRU curves at input scale 1 and gate bias 0 (their default-init settings), float64 NumPy."""
+    gated = _curves(df, kind="gated")
+    if not gated:
+        return None
+    classic = [c for c in _curves(df) if c.get("cell") in GATE and _num(c.get("input_scale")) == 1.0
+               and _num(c.get("gate_bias")) in (0.0, None)]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    cmap = plt.get_cmap("tab10")
+    for n, c in enumerate(gated):
+        _draw_curve(ax, c, cmap(n), f"{CELL_TITLES.get(c.get('cell'), c.get('cell'))} (dashed: exact Π a_t)")
+    for n, c in enumerate(classic):
+        _draw_curve(ax, c, cmap(5 + n), f"{CELL_TITLES.get(c.get('cell'), c.get('cell'))}, gate bias 0",
+                    theory=False, ls=":")
+    _log_ylim(ax, [c["norms"] for c in gated + classic])
+    readable_log_axes(ax, "y")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_xlabel("steps back k")
+    ax.set_ylabel("‖∂L/∂h_{T−k}‖ (‖∂L/∂h_T‖ = 1)")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Gated linear cells beside LSTM and GRU (float64, NumPy, default init, input scale 1)")
+    fig.tight_layout()
+    return _save(fig, fig_dir, "gradients_gated.png")
+
+
 def _fig_float32(df, fig_dir: str) -> Optional[str]:
     lin = _curves(df, kind="linear")
     f64 = [c for c in _curves(df) if c.get("cell") == "rnn_tanh"]
@@ -674,6 +701,7 @@ def section(df, fig_dir: str, **opts: Any) -> str:
                         (_fig_heatmap, "log10 gradient norm over (ρ, k)"),
                         (_fig_rate_vs_bias, "LSTM/GRU rate against the gate bias"),
                         (_fig_param_norm, "Parameter-gradient norm against T"),
+                        (_fig_gated, "Gated linear cells beside LSTM and GRU"),
                         (_fig_float32, "Linear recurrence and float32 underflow")):
         try:
             name = fn(df, fig_dir)
