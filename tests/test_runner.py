@@ -345,3 +345,20 @@ def test_processes_option_is_validated(tmp_path, fake_suite):
         with pytest.raises(UsageError, match="--processes"):
             run_suites([fake_suite], preset="full", backends=[fb.FAKE], out=str(tmp_path / f"r{bad}"),
                        progress=False, processes=bad)
+
+
+def test_a_named_backend_a_suite_gives_no_case_is_told_why(tmp_path, capsys):
+    """The memory suite has nothing for a parallel scan (the reference measures the gated cells), and the CTC suite
+    measures torch-compile as torch: a run naming them says so instead of passing silently with no rows."""
+    assert main(["run", "memory", "--preset", "smoke", "--backend", "torch-pscan", "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "suite 'memory' has no case for backend 'torch-pscan' on cpu (it declares cells mingru, minlstm, rglru, " \
+           "sweep 'gated-linear')" in err
+    assert main(["run", "ctc", "--preset", "smoke", "--backend", "torch-compile", "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0
+    assert "suite 'ctc' has no case for backend 'torch-compile' on cpu ('torch' stands for it here)" in \
+        capsys.readouterr().err
+    assert main(["run", "ctc", "--preset", "smoke", "--backend", "numpy", "--out", str(tmp_path / "c"),
+                 "--no-progress"]) == 0
+    assert "has no case" not in capsys.readouterr().err  # a backend with cases: nothing to say

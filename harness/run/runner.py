@@ -437,6 +437,8 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
             if c.key not in seen:
                 seen.add(c.key)
                 cases.append((c, module, attr, su))
+        if s["backends"]:
+            _say_why_no_cases(n, suite_cases, backend_names, device)
 
     out = out or default_out(preset)
     prepare_out(out)
@@ -462,6 +464,24 @@ def run_suites(suite_names: Optional[Sequence[str]] = None, preset: Optional[str
                 client.close()
             except Exception:  # noqa: BLE001 - a scheduler that is already gone
                 pass
+
+
+def _say_why_no_cases(suite: str, suite_cases, backends: Sequence[str], device: str) -> None:
+    """A backend named with --backend that a suite gives no case (a parallel scan in the memory suite, say) is
+    told, with what it declares, so that an empty run is never a silent pass."""
+    from suites.base import declared
+    have = {c.backend for c in suite_cases}
+    for b in backends:
+        if b in have:
+            continue
+        caps = declared(b, device)
+        what = ""
+        if caps:
+            other = (caps.get("measured_as") or {}).get(suite, b)
+            what = (f" ({other!r} stands for it here)" if other != b else
+                    f" (it declares cells {', '.join(caps.get('cells') or ()) or 'none'}, sweep {caps.get('sweep')!r})")
+        print(f"note: suite {suite!r} has no case for backend {b!r} on {device}{what}: nothing of it to run there",
+              file=sys.stderr, flush=True)
 
 
 def _run_locked(out: str, lock: str, cases, meta_old, *, preset, device, seed, threads, timeout, budget,
