@@ -15,7 +15,10 @@ def test_the_reference_passes_every_check():
     res = run_check("numpy")
     assert res.passed, [(c.name, c.part, c.error, c.detail) for c in res.failed][:5]
     names = {c.name for c in res.checks}
-    assert names == {"versions", "agreement", "finite_differences", "bad_input", "timing_hooks"}
+    assert names == {"versions", "agreement", "finite_differences", "bad_input", "timing_hooks", "algorithm"}
+    # every declared algorithm besides BPTT is checked, for every cell that has it
+    algs = {(c.cell, c.part.split()[0]) for c in res.checks if c.name == "algorithm"}
+    assert {("lstm", "rtrl"), ("lstm", "tbptt"), ("mingru", "rtrl"), ("mingru", "tbptt")} <= algs
     parts = {c.part for c in res.checks if c.name == "agreement" and c.cell == "lstm"}
     assert {"y", "h_T", "c_T", "dl0.w_ih", "dl1.b_hh", "dx", "dh0", "dc0", "hidden_grads[h]", "hidden_grads[c]"} <= parts
     shapes = {c.shape for c in res.checks if c.name == "agreement"}
@@ -65,3 +68,38 @@ def test_cli_exit_codes_and_markdown(tmp_path):
     for bad in ("no_such_backend", "tests.plugins.broken_backends:Nope", "torch-native"):
         r = _cli(bad)
         assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, (bad, r.stderr)
+
+
+class WrongRtrl:
+    """Built on first use (below): the NumPy backend with an RTRL gradient 1 % off."""
+
+
+def _wrong_rtrl_class():
+    from implementations.numpy.backend import NumpyBackend
+
+    class _Wrong(NumpyBackend):
+        variant = "wrong-rtrl"
+        reference = False
+
+        def _vjp(self, spec, params, x, state, dy, d_final_state, algorithm, truncation):
+            g = super()._vjp(spec, params, x, state, dy, d_final_state, algorithm, truncation)
+            if algorithm == "rtrl":
+                g.params.layers[0].w_ih *= 1.01
+            return g
+    return _Wrong
+
+
+def test_a_wrong_declared_algorithm_fails_its_check():
+    global WrongRtrl
+    WrongRtrl = _wrong_rtrl_class()
+    res = run_check("tests.test_check:WrongRtrl", cells=["mingru"], layers=(1,))
+    bad = [c for c in res.failed]
+    assert bad and all(c.name == "algorithm" and c.part == "rtrl params" for c in bad), [(c.name, c.part) for c in bad]
+
+
+def test_check_cli_refuses_cells_it_cannot_check(capsys):
+    from harness.cli.main import main
+    assert main(["check", "numpy", "--cell", "mingur"]) == 2
+    assert "--cell: got 'mingur'; allowed:" in capsys.readouterr().err
+    assert main(["check", "torch-pscan", "--cell", "lstm"]) == 2
+    assert "backend 'torch-pscan' does not support it (it supports: mingru, minlstm, rglru)" in capsys.readouterr().err

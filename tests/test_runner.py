@@ -357,8 +357,8 @@ def test_a_named_backend_a_suite_gives_no_case_is_told_why(tmp_path, capsys):
            "sweep 'gated-linear')" in err
     assert main(["run", "ctc", "--preset", "smoke", "--backend", "torch-compile", "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 0
-    assert "suite 'ctc' has no case for backend 'torch-compile' on cpu ('torch' stands for it here)" in \
-        capsys.readouterr().err
+    assert "suite 'ctc' measures backend 'torch-compile' as 'torch' (the same code for this suite): its rows are " \
+           "'torch''s" in capsys.readouterr().err
     assert main(["run", "ctc", "--preset", "smoke", "--backend", "numpy", "--out", str(tmp_path / "c"),
                  "--no-progress"]) == 0
     assert "has no case" not in capsys.readouterr().err  # a backend with cases: nothing to say

@@ -6,7 +6,8 @@ and once without biases, each *part* — the output ``y``, every part of the fin
 computed on the same (rounded) values; a part of the wrong dtype fails too (a float32 backend that computes in
 float64, or in float16, is not what it claims). Then: float64 central differences of the backend's own loss on a
 tiny case, the bad-input contract (wrong shapes and dtypes raise rnnbench's errors before any computation), the
-timing hooks (each callable runs twice; whether it converts its inputs per call), and ``versions()``.
+timing hooks (each callable runs twice; whether it converts its inputs per call), every gradient algorithm it
+declares besides BPTT (RTRL, tBPTT) against the reference's, and ``versions()``.
 
 Each check is a :class:`Check` with its measured error; the battery passes when every check does.
 """
@@ -257,11 +258,42 @@ def run_check(name: str, device: str = "cpu", cells: Optional[List[str]] = None,
         if not be.supports(small, dt):
             res.checks += list(_bad_input(be, small, dt))
             res.checks += list(_timing_hooks(be, small, dt))
+        res.checks += list(_algorithms(be, ref, CellSpec(c, 5, 6), dt))
     if not todo:
         res.checks.append(Check("cells", passed=False, detail=f"backend {name!r} supports none of the registered "
                                                                 f"cells ({', '.join(cell_registry.names())})"))
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _algorithms(be, ref, spec, dtype: str) -> Iterator[Check]:
+    """Every gradient algorithm the backend declares besides BPTT (``rtrl``, ``tbptt`` with k = 3), one layer,
+    T = 7, B = 3: its parameter gradients and ``dstate`` against the reference's, computed by the same algorithm
+    on the same (rounded) values (tBPTT's truncation bias is the reference's too)."""
+    T, B = 7, 3
+    for alg in [a for a in be.algorithms if a != "bptt"]:
+        if be.supports(spec, dtype, alg) or ref.supports(spec, "float64", alg):
+            continue
+        rng = np.random.default_rng(29)
+        from harness.core.params import init_params
+        p = init_params(spec, seed=29, dtype=dtype)
+        x = rng.standard_normal((T, B, spec.input_size)).astype(dtype)
+        dy = rng.standard_normal((T, B, spec.hidden_size)).astype(dtype)
+        k = 3 if alg == "tbptt" else None
+        try:
+            got = be.vjp(spec, p, x, None, dy, None, algorithm=alg, truncation=k)
+            want = ref.vjp(spec, p.astype("float64"), x.astype(np.float64), None, dy.astype(np.float64), None,
+                           algorithm=alg, truncation=k)
+        except Exception as e:  # noqa: BLE001 - a declared algorithm that fails is a failed check, not a crash
+            yield Check("algorithm", spec.cell, 1, dtype, f"T{T} B{B}", alg, passed=False,
+                        detail=f"{type(e).__name__}: {e}"[:200])
+            continue
+        for part, a, b in (("params", got.params.flat(), want.params.flat()),
+                           ("dstate", np.asarray(got.dstate if not isinstance(got.dstate, tuple) else got.dstate[0]),
+                            np.asarray(want.dstate if not isinstance(want.dstate, tuple) else want.dstate[0]))):
+            err = float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-300))
+            yield Check("algorithm", spec.cell, 1, dtype, f"T{T} B{B}", f"{alg} {part}", err, TOL[dtype],
+                        passed=bool(err <= TOL[dtype]))
 
 
 # -- output ----------------------------------------------------------------------------------------------
@@ -312,6 +344,14 @@ def cli_check(args) -> int:
     info = registry.probe(args.backend, args.device)
     if not info.available:
         raise UsageError(f"backend {args.backend!r} cannot run on {args.device} here: {info.reason}")
+    from harness.core import cells as cell_registry
+    offered = list((info.capabilities or {}).get("cells") or ())
+    for c in args.cell or ():
+        if c not in cell_registry.names():
+            raise UsageError(f"--cell: got {c!r}; allowed: {', '.join(cell_registry.names())}")
+        if offered and c not in offered:
+            raise UsageError(f"--cell {c!r}: backend {args.backend!r} does not support it (it supports: "
+                             f"{', '.join(offered)})")
     res = run_check(args.backend, args.device, cells=args.cell or None,
                     log=(lambda m: print(m, file=sys.stderr)) if args.verbose else None)
     print(format_text(res, verbose=args.verbose))

@@ -475,11 +475,14 @@ def _say_why_no_cases(suite: str, suite_cases, backends: Sequence[str], device: 
         if b in have:
             continue
         caps = declared(b, device)
-        what = ""
-        if caps:
-            other = (caps.get("measured_as") or {}).get(suite, b)
-            what = (f" ({other!r} stands for it here)" if other != b else
-                    f" (it declares cells {', '.join(caps.get('cells') or ()) or 'none'}, sweep {caps.get('sweep')!r})")
+        other = (caps.get("measured_as") or {}).get(suite, b) if caps else b
+        if other != b:
+            print(f"note: suite {suite!r} measures backend {b!r} as {other!r} (the same code for this suite): "
+                  + (f"its rows are {other!r}'s" if other in have else "no case of either here"),
+                  file=sys.stderr, flush=True)
+            continue
+        what = (f" (it declares cells {', '.join(caps.get('cells') or ()) or 'none'}, sweep {caps.get('sweep')!r})"
+                if caps else "")
         print(f"note: suite {suite!r} has no case for backend {b!r} on {device}{what}: nothing of it to run there",
               file=sys.stderr, flush=True)
 

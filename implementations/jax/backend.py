@@ -371,6 +371,8 @@ class JaxBackend(BackendBase):
         return self._jdev
 
     def path(self) -> str:
+        if self.scan == "parallel":
+            return "lax.associative_scan"
         return "lax.scan" if self.unroll == 1 else f"lax.scan(unroll={self.unroll})"
 
     def versions(self) -> dict:
@@ -492,7 +494,7 @@ class JaxBackend(BackendBase):
         if truncation is not None:
             extra["truncation"] = truncation
         if algorithm == "rtrl":
-            extra["mode"] = "forward (jax.jvp through lax.scan) for params; reverse for dx, dstate"
+            extra["mode"] = f"forward (jax.jvp through {self.path()}) for params; reverse for dx, dstate"
         return Grads(params=self._to_params(dp), dx=np.array(dx), dstate=self._to_state(ds), extra=extra)
 
     def _hidden_grads(self, spec, params, x, dh_T, return_cell):

@@ -233,7 +233,7 @@ def _fig_gated(df, fig_dir: str) -> Optional[str]:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     cmap = plt.get_cmap("tab10")
     for n, c in enumerate(gated):
-        _draw_curve(ax, c, cmap(n), f"{CELL_TITLES.get(c.get('cell'), c.get('cell'))} (dashed: exact Π a_t)")
+        _draw_curve(ax, c, cmap(n), f"{CELL_TITLES.get(c.get('cell'), c.get('cell'))} (exact Π a_t dashed, on it)")
     for n, c in enumerate(classic):
         _draw_curve(ax, c, cmap(5 + n), f"{CELL_TITLES.get(c.get('cell'), c.get('cell'))}, gate bias 0",
                     theory=False, ls=":")
