@@ -159,7 +159,7 @@ def test_scan_rows_carry_the_cost_model_and_the_crossover_is_found():
     anyb = got["torch-pscan", "any"]  # numpy is 4x faster than torch-cell: the scan never stays ahead of it
     assert anyb["crossover_T"] is None and anyb["ratio_at_max"] == pytest.approx(1.0)
     assert anyb["fastest_sequential"][4096] == "numpy"
-    assert "no crossover up to T = 4096" in scan_report._crossover_text(anyb)
+    assert "no crossover up to T = 4096" in scan_report.crossover_text(anyb)
 
 
 def test_full_holds_anchors():

@@ -270,12 +270,12 @@ def _algorithms(be, ref, spec, dtype: str) -> Iterator[Check]:
     """Every gradient algorithm the backend declares besides BPTT (``rtrl``, ``tbptt`` with k = 3), one layer,
     T = 7, B = 3: its parameter gradients and ``dstate`` against the reference's, computed by the same algorithm
     on the same (rounded) values (tBPTT's truncation bias is the reference's too)."""
+    from harness.core.params import init_params
     T, B = 7, 3
     for alg in [a for a in be.algorithms if a != "bptt"]:
         if be.supports(spec, dtype, alg) or ref.supports(spec, "float64", alg):
             continue
         rng = np.random.default_rng(29)
-        from harness.core.params import init_params
         p = init_params(spec, seed=29, dtype=dtype)
         x = rng.standard_normal((T, B, spec.input_size)).astype(dtype)
         dy = rng.standard_normal((T, B, spec.hidden_size)).astype(dtype)

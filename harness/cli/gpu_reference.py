@@ -634,7 +634,7 @@ def scan_table(thr: Sequence[Dict[str, Any]]) -> List[str]:
     out = ["| scan | mode | against | crossover | sequential time / scan time by T |", "|---|---|---|---|---|"]
     for c in cs:
         out.append(f"| {c['backend']} (minGRU H={c['hidden_size']}) | {c['mode']} | {c['against']} | "
-                   f"{scan_report._crossover_text(c)} | "
+                   f"{scan_report.crossover_text(c)} | "
                    + ", ".join(f"{T}: {v:.2f}" for T, v in sorted(c["ratios"].items())) + " |")
     return out
 

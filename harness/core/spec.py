@@ -50,9 +50,7 @@ class CellSpec:
     def __post_init__(self) -> None:
         _cells.get(self.cell)  # InputError naming the known cells
         for name in ("input_size", "hidden_size", "num_layers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise InputError(f"{name}: got {v!r}; allowed: an integer >= 1")
+            check_positive_int(name, getattr(self, name))
         if not isinstance(self.bias, (bool, np.bool_)):
             raise InputTypeError(f"bias: got {self.bias!r}; allowed: True or False")
 
@@ -112,6 +110,13 @@ class CellSpec:
 
 
 ALGORITHMS = ("bptt", "rtrl", "tbptt")
+
+
+def check_positive_int(name: str, v, what: str = "") -> int:
+    """``v`` as an int when it is an integer >= 1 (not a bool); else InputError naming ``name`` (and ``what``)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InputError(f"{name}: got {v!r}; allowed: an integer >= 1" + (f" ({what})" if what else ""))
+    return int(v)
 
 
 def check_algorithm_args(algorithm: str, truncation) -> Optional[int]:

@@ -32,7 +32,7 @@ import numpy as np
 from harness.core import cells as _cells
 from harness.core.errors import InputError
 from harness.core.params import PARAM_NAMES, Grads, LayerParams, Params
-from harness.core.spec import CellSpec, check_sequence
+from harness.core.spec import CellSpec, check_algorithm_args, check_positive_int, check_sequence
 
 RGLRU_C = _cells.RGLRU_C
 #: Steps per block of the NumPy backend's RTRL (:func:`rtrl` ``chunk``): the influence is read and written once per
@@ -156,11 +156,9 @@ def vjp(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarra
     such a step is treated as a constant, as ``detach``/``stop_gradient`` do in torch and JAX). It runs chunk by
     chunk, so it stores k steps at a time; ``dstate`` comes from the first chunk."""
     T, B, H = _check(spec, params, x, state)
-    if truncation is None or truncation >= T:
+    k = None if truncation is None else check_algorithm_args("tbptt", truncation)
+    if k is None or k >= T:
         return _vjp_full(spec, params, x, state, dy, d_final_state)[0]
-    if isinstance(truncation, bool) or not isinstance(truncation, (int, np.integer)) or truncation < 1:
-        raise InputError(f"truncation: got {truncation!r}; expected an integer k >= 1")
-    k = int(truncation)
     h = np.zeros((spec.num_layers, B, H), x.dtype) if state is None else state
     # The chunks' parameter gradients are summed as they come and dx is written into one (T, B, I) array: what
     # stays alive between chunks is one gradient and dx, not one gradient per chunk and a second dx.
@@ -281,8 +279,7 @@ def rtrl(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarr
         raise NotImplementedError(f"rtrl for {spec.cell}: one layer only (got {spec.num_layers}); above the first "
                                   "layer a unit's state depends on every unit below, so the influence is no longer "
                                   "per unit")
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise InputError(f"chunk: got {chunk!r}; expected an integer ≥ 1 (steps per RTRL block)")
+    chunk = check_positive_int("chunk", chunk, "steps per RTRL block")
     lp = params.layers[0]
     G, I = spec.gates, x.shape[2]
     dt = x.dtype
@@ -296,8 +293,8 @@ def rtrl(spec: CellSpec, params: Params, x: np.ndarray, state: Optional[np.ndarr
     dstate = np.ones((B, H), dt)          # ∂h_t/∂h_0, per unit
     acc_h0 = np.zeros((B, H), dt)
     dla_dlam = None if not has_lam else RGLRU_C * _sigmoid(-lp.lam)  # ∂ log a/∂Λ, divided by r
-    for t0 in range(0, T, int(chunk)):
-        t1 = min(T, t0 + int(chunk))
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
         k = t1 - t0
         xs = x[t0:t1]
         a, u, cache = _layer_coeffs(spec.cell, lp, xs)              # (k, B, H) each: one GEMM for the block

@@ -78,8 +78,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from harness.core.errors import InputError, Unsupported
-from suites.base import Case, RunContext, Suite
+from harness.core.errors import Unsupported
+from harness.core.spec import check_positive_int
+from suites.base import Case, RunContext, Suite, wants_cell
 
 DEFAULT_BACKENDS = ("numpy", "torch", "torch-cell", "jax")
 BUDGET_S = {"smoke": 0.05, "quick": 0.15, "full": 1.0}
@@ -132,9 +133,8 @@ class Point:
     input: Optional[int] = None  # a fixed input size I (features); None: I = H, as the classic sweeps have it
 
     def __post_init__(self) -> None:
-        if self.input is not None and (isinstance(self.input, bool) or not isinstance(self.input, int)
-                                       or self.input < 1):
-            raise InputError(f"Point.input: got {self.input!r}; expected None (I = H) or an integer >= 1 (features)")
+        if self.input is not None:
+            check_positive_int("Point.input", self.input, "features; None: I = H")
 
     @property
     def input_size(self) -> int:
@@ -289,7 +289,6 @@ def _for_backend(backend: str, preset: str, device: str) -> List[Point]:
     offered = tuple(caps.get("algorithms") or ("bptt",))
     supported = [c for c in cells.names(gated_linear=False) if c in (caps.get("cells") or ())]
     cell0 = "rnn_tanh" if "rnn_tanh" in supported else (supported[0] if supported else "rnn_tanh")
-    from suites.base import wants_cell
     if not wants_cell(caps, cell0):
         return []  # a variant of the gated linear cells alone (a parallel scan): the reference measures those
     if preset == "smoke":

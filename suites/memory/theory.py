@@ -43,7 +43,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from harness.core.errors import InputError
-from harness.core.spec import CellSpec
+from harness.core.spec import CellSpec, check_positive_int
 
 ALGORITHMS = ("bptt", "rtrl", "tbptt")
 
@@ -61,19 +61,13 @@ def _gated(spec: CellSpec) -> str:
     return spec.cell
 
 
-def _positive(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise InputError(f"{name}: got {v!r}; expected an integer >= 1")
-    return int(v)
-
-
 def gated_bptt_elements(spec: CellSpec, T: int, B: int) -> int:
     """Peak elements of the reference BPTT of a gated linear cell beyond its inputs (the module docstring).
 
     With L layers every layer's forward arrays stay (``u`` only the last's); below the top layer its backward
     also holds the layer above's ``dA`` (G) and gradients."""
     cell = _gated(spec)
-    T, B = _positive("seq_len", T), _positive("batch", B)
+    T, B = check_positive_int("seq_len", T), check_positive_int("batch", B)
     H, G, L, P = spec.hidden_size, spec.gates, spec.num_layers, spec.num_params
     F, V = GATED_FORWARD[cell], GATED_VJP[cell]
     # every layer's forward arrays and states stay until the end, except u (in no cache): only the last layer's
@@ -90,7 +84,7 @@ def gated_rtrl_elements(spec: CellSpec, T: int, B: int) -> int:
     influence, accumulator, GEMM buffer, the loop's vectors and one block of ``min(T, RTRL_BLOCK)`` steps."""
     from implementations.numpy.gated_linear import RTRL_BLOCK
     cell = _gated(spec)
-    T, B = _positive("seq_len", T), _positive("batch", B)
+    T, B = check_positive_int("seq_len", T), check_positive_int("batch", B)
     if spec.num_layers != 1:
         raise InputError(f"num_layers: got {spec.num_layers}; exact per-unit RTRL of {cell} is for one layer")
     H, G, I = spec.hidden_size, spec.gates, spec.input_size
@@ -169,7 +163,7 @@ def gated_step_costs(spec: CellSpec, B: int, itemsize: int, block: int) -> Dict[
       gradient, dx) ``6·B·W``.
     """
     cell = _gated(spec)
-    B, K = _positive("batch", B), _positive("block", block)
+    B, K = check_positive_int("batch", B), check_positive_int("block", block)
     G, H, I = spec.gates, spec.hidden_size, spec.input_size
     F, V = GATED_FORWARD[cell], GATED_VJP[cell]
     lam = 1 if cell == "rglru" else 0

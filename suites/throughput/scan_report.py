@@ -86,7 +86,8 @@ def crossovers(df) -> List[dict]:
     return out
 
 
-def _crossover_text(c: dict) -> str:
+def crossover_text(c: dict) -> str:
+    """One :func:`crossovers` entry in words: the crossover T (or none) and the ratio at the longest T."""
     if c["crossover_T"] is None:
         return f"no crossover up to T = {c['max_T']} (×{c['ratio_at_max']:.2f} there)"
     if c["crossover_T"] == min(c["ratios"]):
@@ -129,7 +130,7 @@ def section(df, fig_dir: str, colors: Optional[dict] = None) -> List[str]:
                 "Ratio = the fastest sequential backend's median time / the scan's (above 1: the scan is faster). "
                 "Crossover: the least T of the sweep from which the scan stays faster at every longer T."]
         rows = [{"cell": CELL_TITLES.get(c["cell"], c["cell"]), "H": c["hidden_size"], "mode": c["mode"],
-                 "scan": c["backend"], "against": c["against"], "crossover": _crossover_text(c),
+                 "scan": c["backend"], "against": c["against"], "crossover": crossover_text(c),
                  "ratio by T": ", ".join(f"{T}: {v:.2f}" for T, v in sorted(c["ratios"].items()))}
                 for c in cs]
         out += ["", md_table(pd.DataFrame(rows), index=False)]
@@ -194,6 +195,6 @@ def findings(df) -> List[str]:
             continue
         who = c["fastest_sequential"].get(c["max_T"], "")
         out.append(f"- {link('Parallel scan', H_CROSSOVER)} {c['backend']}, {CELL_TITLES.get(c['cell'], c['cell'])} "
-                   f"H={c['hidden_size']} {c['mode']}: {_crossover_text(c)} against the fastest sequential "
+                   f"H={c['hidden_size']} {c['mode']}: {crossover_text(c)} against the fastest sequential "
                    f"backend ({who} at T = {c['max_T']}).")
     return out
