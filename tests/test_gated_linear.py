@@ -359,3 +359,29 @@ def test_a_backend_off_by_a_tenth_of_a_percent_fails_the_exact_product_check():
     assert rows["check_exact_product"]["status"] == "error"
     assert rows["exact_product_rel_err"]["value"] == pytest.approx(1e-3, rel=1e-3)
     assert "FAILED" in rows["check_exact_product"]["reason"]
+
+
+def test_the_scans_declare_what_they_are():
+    """What the suites ask (never the name): the scan form, the gated-only sweep, the path written in the rows."""
+    from implementations import registry
+    from suites.base import declared, wants_cell
+    for name, form, path in (("torch-pscan", "hillis-steele", "hillis-steele-scan"),
+                             ("jax-pscan", "odd-even", "lax.associative_scan")):
+        if not registry.describe(name, "cpu").available:
+            continue
+        caps = declared(name, "cpu")
+        assert caps["scan_form"] == form and caps["sweep"] == "gated-linear"
+        assert registry.instance(name, "cpu").path() == path
+        assert wants_cell(caps, "mingru") and not wants_cell(caps, "lstm")
+    # torch runs torch-cell's loop for these cells; jax runs them itself
+    assert declared("torch", "cpu")["measured_as"]["gated"] == "torch-cell"
+    assert declared("jax", "cpu")["measured_as"]["gated"] == "jax"
+    assert not wants_cell(declared("torch-compile", "cpu"), "rglru") and wants_cell(declared("torch-compile", "cpu"),
+                                                                                      "gru")
+
+
+def test_the_gradients_suite_gives_each_backend_its_own_cells():
+    from suites.gradients.suite import SUITE
+    cases = SUITE.cases("smoke", ["numpy", "torch-pscan", "torch-compile"])
+    assert {c.cell for c in cases if c.backend == "torch-pscan"} == set(CELLS)
+    assert not {c.cell for c in cases if c.backend == "torch-compile"} & set(CELLS)
