@@ -210,6 +210,21 @@ def test_one_process_per_side_is_inconclusive_not_a_verdict(tmp_path, capsys):
     assert rep.rows[0].verdict == "inconclusive" and rep.rows[0].procs == (1, 1)
 
 
+def test_same_on_too_few_processes_is_said_to_be_untested(tmp_path, capsys):
+    """2 processes against 3 with equal times: the ratio is within the threshold, but nothing was tested; the
+    summary line says so instead of a plain 'no regression'."""
+    base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 1, processes=2)])
+    new = make_run(tmp_path / "b", [timed("lstm-s", 1.0, 3)])
+    assert run_cli(base, new) == 0
+    out = capsys.readouterr().out
+    assert "1 'same' within the threshold but untested (fewer than 3 processes" in out
+    rep = compare.compare_sets(compare.load_any(base), compare.load_any(new))
+    assert rep.rows[0].verdict == "same" and rep.rows[0].procs == (2, 3)
+    both = make_run(tmp_path / "c", [timed("lstm-s", 1.0, 4)])
+    assert "untested" not in compare.summary_line(compare.compare_sets(compare.load_any(new),
+                                                                        compare.load_any(both)))
+
+
 def test_processes_that_disagree_are_inconclusive(tmp_path):
     """A 20 % shift that is within the spread between processes (sd 25 %) is not called a slowdown."""
     base = make_run(tmp_path / "a", [timed("lstm-s", 1.0, 11, between=0.25)])
@@ -229,6 +244,20 @@ def test_process_rows_merge_into_one_measurement(tmp_path):
     assert df.value.iloc[0] == pytest.approx(float(np.median([r["value"] for r in rows])))
     assert [len(g) for g in df.process_samples.iloc[0]] == [40, 40, 40] and df.n.iloc[0] == 120
     assert len(records.load(d, merge=False)) == 3
+
+
+def test_merged_value_lies_inside_its_bracket(tmp_path):
+    """The merged median is of the process values, so its q25-q75 is of them too: a process that took many more
+    samples than the others (here 400 at 1 ms against 3 x 5 at 2 ms) would put the median of the process values
+    outside the pooled samples' quartiles."""
+    from harness.measure import records
+    rows = [make_row(_fields("c"), "fwd_ms", ms, "ms", samples=[ms] * n, mode="fwd", process=k, processes=4)
+            for k, (ms, n) in enumerate([(1.0, 400), (2.0, 5), (2.0, 5), (2.0, 5)])]
+    r = records.load(make_run(tmp_path / "a", [rows])).iloc[0]
+    assert r.value == 2.0 and r.q25 <= r.value <= r.q75 and r.n == 415
+    assert np.percentile(r.samples, 75) < r.value  # what the pooled bracket would have said
+    one = records.load(make_run(tmp_path / "b", [timed("c", 1.0, 5, processes=1)])).iloc[0]
+    assert one.q25 < one.value < one.q75  # a single process: its own samples' quartiles
 
 
 def test_gemm_ceilings_are_context_not_judged(tmp_path):

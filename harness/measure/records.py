@@ -276,8 +276,12 @@ def merge_processes(rows: List[dict]) -> List[dict]:
     The merged row keeps the first process's fields, with ``case_key`` without its ``#pK`` suffix and:
 
     - timed rows (samples in every process): ``value`` the median of the per-process values (for an odd
-      count, the middle process), ``samples`` all of them, ``q25``/``q75`` of the pooled samples, and in
-      ``extra`` ``process_values`` and ``process_samples`` (a list per process, in process order);
+      count, the middle process), ``q25``/``q75`` the quartiles of the same per-process values (so the value
+      always lies inside its bracket, and the bracket is the spread between independent processes, the
+      noise a comparison across runs has to beat; the quartiles of the pooled samples could exclude the
+      median of the process values when one process took many more samples than the others), ``samples``
+      and ``n`` all the samples, and in ``extra`` ``process_values`` and ``process_samples`` (a list per
+      process, in process order);
     - rows without samples: the median value, or the largest magnitude for errors (the worst process);
     - ``extra.processes``: how many processes the row merges;
     - the status: a failure in any process wins (its reason prefixed with the process), then ``limit``,
@@ -330,8 +334,9 @@ def _merge_group(parts: List[dict]) -> dict:
             pooled = [x for p in ok for x in p["samples"]]
             out["samples"] = pooled
             out["value"] = float(np.median(vals))
-            out["q25"] = float(np.percentile(pooled, 25))
-            out["q75"] = float(np.percentile(pooled, 75))
+            spread = vals if len(vals) > 1 else pooled  # one process: its own samples' quartiles
+            out["q25"] = float(np.percentile(spread, 25))
+            out["q75"] = float(np.percentile(spread, 75))
             out["n"] = len(pooled)
             extra["process_values"] = vals
             extra["process_samples"] = [list(p["samples"]) for p in ok]
