@@ -241,6 +241,11 @@ def test_existing_run_needs_resume_and_resume_keeps_settings(tmp_path, fake_suit
         run_suites(None, backends=[fb.FAKE], out=out, resume=True, seed=4, progress=False)
     with pytest.raises(UsageError, match="--resume needs --out"):
         run_suites([fake_suite], resume=True)
+    # other backends or suites would mix a second run into this directory while meta.json describes the first
+    with pytest.raises(UsageError, match=r"--backend: got jax but the run being resumed ran .*start a new run"):
+        run_suites(None, backends=["jax"], out=out, resume=True, progress=False)
+    with pytest.raises(UsageError, match=r"suites: got throughput but the run being resumed ran"):
+        run_suites(["throughput"], backends=[fb.FAKE], out=out, resume=True, progress=False)
 
 
 @pytest.mark.parametrize("args, needle", [

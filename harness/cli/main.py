@@ -61,7 +61,8 @@ def _add_run(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="run directory (default: results/runs/<timestamp>)")
     p.add_argument("--resume", action="store_true",
                    help="finish the run in --out: skip finished cases, re-run the others (a case cut off "
-                        "mid-way is recorded again as a new attempt; the old one is dropped when loading)")
+                        "mid-way is recorded again as a new attempt; the old one is dropped when loading). It keeps the run's "
+                        "suites, backends and settings: leave them out, or name the same ones")
     p.add_argument("--threads", type=int, metavar="N",
                    help="intra-op threads for every backend alike (default: all cores)")
     p.add_argument("--seed", type=int, default=None,

@@ -301,12 +301,19 @@ def _resolve_settings(resume: bool, meta: Dict[str, Any], **given: Any) -> Dict[
             raise UsageError(f"--resume: meta.json's {k!r} is {v!r}; expected {'a list of names' if kind == 'list' else 'a ' + kind}"
                              " (a damaged or hand-edited run directory: name the option on the command line, or start "
                              "a new run)")
-    for k in kinds:
+    for k, kind in kinds.items():
         if out.get(k) is None:
             out[k] = meta.get(k)
         elif k in ("preset", "device", "threads", "seed", "processes") and meta.get(k) is not None and out[k] != meta[k]:
             raise UsageError(f"--{k}: got {out[k]!r} but the run being resumed used {meta[k]!r}; "
                              "a resumed run keeps its settings (leave the option out)")
+        elif kind == "list" and meta.get(k) is not None and set(out[k]) != set(meta[k]):
+            # Naming them again is how plug-ins are trusted on resume; naming others would mix two runs in one
+            # directory while meta.json still describes the first.
+            opt = "suites" if k == "suites" else "--backend"
+            raise UsageError(f"{opt}: got {', '.join(map(str, out[k]))} but the run being resumed ran "
+                             f"{', '.join(map(str, meta[k])) or 'none'}; a resumed run keeps its {k} (leave them out, "
+                             f"or name the same ones); for other {k} start a new run (--out NEW_DIR)")
     return out
 
 
