@@ -669,6 +669,12 @@ def summary_line(rep: Report) -> str:
         counts[r.verdict] = counts.get(r.verdict, 0) + 1
     parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     tail = f"; {rep.untested} derived/single-value row(s) not judged" if rep.untested else ""
+    # 'same' on too few processes means the ratio stayed within the threshold, not that a test found no change
+    thin = sum(1 for r in rep.rows if r.kind == "timed" and r.verdict == "same" and r.procs != (0, 0)
+               and min(r.procs) < MIN_PROCESSES)
+    if thin:
+        tail += (f"; {thin} 'same' within the threshold but untested (fewer than {MIN_PROCESSES} processes on a "
+                 f"side: rnnbench run --processes {MIN_PROCESSES})")
     if rep.failed:
         worst = ", ".join(f"{r.label.get('case')}/{r.label.get('metric')} ({r.why})" for r in rep.failed[:5])
         return f"REGRESSION: {len(rep.failed)} of {len(rep.rows)} ({parts}{tail}): {worst}"
