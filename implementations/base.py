@@ -22,6 +22,7 @@ those; conversion from NumPy stays outside the timed region.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -252,12 +253,16 @@ class BackendBase:
             algorithm: str = "bptt", truncation: Optional[int] = None) -> Grads:
         """Vector-Jacobian product of L = Σ_t <dy_t, y_t> + <dh_T, h_T> (+ <dc_T, c_T>).
 
-        ``dy`` ``(T, B, H)`` and ``d_final_state`` (a state) default to zeros. ``algorithm``:
-        ``bptt``, ``rtrl`` (exact forward-mode) or ``tbptt`` with ``truncation=k``.
+        ``dy`` ``(T, B, H)`` and ``d_final_state`` (a state) default to zeros; with neither given L = 0 and
+        every gradient is zero, which is almost always a forgotten argument: a ``RuntimeWarning`` says so.
+        ``algorithm``: ``bptt``, ``rtrl`` (exact forward-mode) or ``tbptt`` with ``truncation=k``.
         """
         truncation = check_algorithm(algorithm, truncation, self.algorithms, self.variant)
         x, state = self._check(spec, params, x, state)
         self.check_supported(spec, x.dtype, algorithm)
+        if dy is None and d_final_state is None:  # after validation: bad input gets its own error first
+            warnings.warn("vjp: neither dy nor d_final_state was given, so L = 0 and every gradient is zero; pass "
+                          "dy (T, B, H), e.g. np.ones_like(y), and/or d_final_state", RuntimeWarning, stacklevel=2)
         dy, d_final_state = self._check_cotangents(spec, x, dy, d_final_state)
         if algorithm == "rtrl":
             check_rtrl_cost(spec, x.shape[1], x.shape[0])
