@@ -8,7 +8,8 @@ problem there (parameters, inputs and cotangents exist *before* the measured reg
 ``tracemalloc``        NumPy: NumPy's data allocations are traced; peak minus the traced bytes at the start.
 ``vmhwm``              the default for any CPU backend (torch's too: tracemalloc does not see its allocator):
                        the process high-water mark ``VmHWM`` is reset by writing ``5`` to ``/proc/self/clear_refs``
-                       and read after the run, minus ``VmRSS`` before it (an upper bound of the arrays' peak).
+                       and read after the run, minus ``VmRSS`` before it (an upper bound of the arrays' peak);
+                       the median of 3 runs (``peak_runs``: each run's), as one run's mark scatters by ~10 %.
 ``ru_maxrss``          the same from ``getrusage`` where clear_refs is not writable.
 ``cuda_max_allocated`` torch CUDA: ``reset_peak_memory_stats`` -> run -> ``max_memory_allocated`` − baseline.
 ``jax_peak_bytes``     JAX GPU: ``memory_stats()["peak_bytes_in_use"]`` − bytes in use before, with

@@ -62,7 +62,7 @@ Every derived row carries ``fit_range``, ``n_points`` and the ``target`` interva
 Presets (float64 throughout: RTRL is the exact-gradient reference):
 ``smoke`` seconds — rnn_tanh, H ≤ 16, three lengths. ``quick`` a few minutes on 2 cores — rnn_tanh full
 sweeps (T 200..1600 at H=16, B=8; H 16..256 at B=1 and B=8), LSTM and GRU T sweeps (H=16, B=8) and
-H sweeps 16..256 at B=1; torch and JAX: a BPTT T sweep 200..800 at H=64, B=8 (and RTRL at one point).
+H sweeps 16..256 at B=1; torch and JAX: a BPTT T sweep 200..1600 at H=64, B=8 (and RTRL at one point).
 ``full`` — T to 3200 and H to 256 at B=1 (to 128 or 64 at B=8), every backend, and the GPU
 (``--device cuda``: torch and JAX only; NumPy is CPU-only).
 Gated linear cells (NumPy): ``smoke`` every cell's T sweep at H=8, B=2, minGRU's fixed-I sweep H 32..128 at
@@ -90,7 +90,7 @@ TARGETS = {("exponent_mem_T", "bptt"): (0.9, 1.1), ("exponent_mem_T", "rtrl"): (
 #: The gated linear cells' own targets where they differ (see :func:`target`): their RTRL memory is O(B·P), ∝ H
 #: at fixed I; its time per step is ∝ H too, but the per-block NumPy calls bend the slope at small H: no target.
 GATED_TARGETS = {("exponent_mem_H", "rtrl"): (0.9, 1.1), ("exponent_time_H", "rtrl"): (None, None)}
-FRAMEWORK_T = (200, 400, 800)  # quick preset: the T sweep of torch/JAX (rnn_tanh, H=64, B=8)
+FRAMEWORK_T = (200, 400, 800, 1600)  # quick preset: the T sweep of torch/JAX (rnn_tanh, H=64, B=8)
 RTRL_SAMPLES = 5       # fewest timed rounds of every NumPy RTRL point (see MemorySuite._rtrl_timing)
 RTRL_MAX_SAMPLES = 25  # most rounds: cheap points take more while within RTRL_BUDGET_S
 RTRL_BUDGET_S = 3.0
@@ -400,6 +400,8 @@ class MemorySuite(Suite):
         theory = theory_bytes(spec, case.seq_len, case.batch, case.dtype, alg, k)
         peak = res.get("peak_bytes")
         extra = {key: res.get(key) for key in ("method", "estimate", "scope")}
+        if isinstance(res.get("peak_runs"), list):  # a probe of several runs (vmhwm): each run's peak, bytes
+            extra["peak_runs"] = res["peak_runs"]
         extra.update({key: v for key, v in res.items() if key.endswith("_bytes") and key not in ("peak_bytes",)})
         extra.update(theory_bytes=theory, ratio=(peak / theory if (peak is not None and theory) else None))
         yield case.row("peak_bytes", peak, "B", status=res.get("status", "error"),
